@@ -1,0 +1,127 @@
+"""STEER hyperparameters: one validated object, and the stream weights they imply.
+
+A decode step combines K = 2 + M streams of logits for one sample:
+
+    stream 0      expert on the task prompt          weight  1 + gamma
+    stream 1      base on the task prompt            weight  -gamma
+    stream 2..K-1 expert on negative context i       weight  -eta / M each
+
+so the combined score is (1+gamma) lE - gamma lB - eta * mean_i lN_i (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+NEGATIVE_MODES = ("concat", "separate")
+
+
+def _check_finite_at_least(name: str, value: float, low: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+
+
+def check_steer_coefficients(gamma: float, eta: float, *, rescale: bool = False) -> None:
+    """Raise ValueError unless gamma and eta are usable STEER coefficients."""
+    _check_finite_at_least("gamma", gamma, 0.0)
+    _check_finite_at_least("eta", eta, 0.0)
+    if rescale and eta >= 1.0:
+        raise ValueError(f"rescale=True divides by (1 - eta), so eta must be < 1, got {eta!r}")
+
+
+def check_sampling_parameters(temperature: float, top_k: int, top_p: float) -> None:
+    """Raise ValueError unless temperature, top_k and top_p describe a valid sampler."""
+    _check_finite_at_least("temperature", temperature, 0.0)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 turns it off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {top_p!r}")
+
+
+def check_plausibility_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha < 1.0):
+        raise ValueError(f"plausibility_alpha must be in [0, 1) (0 turns it off), got {alpha!r}")
+
+
+def steer_weights(
+    gamma: float, eta: float, num_negative_streams: int, *, rescale: bool = False
+) -> torch.Tensor:
+    """The K = 2 + M stream weights ``[1 + gamma, -gamma, -eta/M, ..., -eta/M]`` as float32.
+
+    The weights sum to 1 - eta, so eta also flattens the distribution like a temperature would.
+    ``rescale=True`` divides every weight by (1 - eta) to undo that (off by default, not in the paper).
+    """
+    check_steer_coefficients(gamma, eta, rescale=rescale)
+    if isinstance(num_negative_streams, bool) or not isinstance(num_negative_streams, int):
+        raise ValueError(f"num_negative_streams must be an int, got {num_negative_streams!r}")
+    if num_negative_streams < 0:
+        raise ValueError(f"num_negative_streams must be >= 0, got {num_negative_streams}")
+    if num_negative_streams == 0 and eta != 0:
+        raise ValueError(f"eta={eta} needs at least one negative stream, got num_negative_streams=0")
+    weights = [1.0 + gamma, -gamma] + [-eta / num_negative_streams] * num_negative_streams
+    scale = 1.0 / (1.0 - eta) if rescale else 1.0
+    return torch.tensor([w * scale for w in weights], dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """Every STEER decoding hyperparameter, validated on construction.
+
+    gamma: weight of the expert-vs-base contrast (paper: 0.2; swept over 0..1).
+    eta: weight of the negative prompts (paper: 0.2 or 0.6; swept over 0..1).
+    num_negatives: N, examples drawn from the pool per sample (paper: 5 or 10).
+    negative_mode: "concat" joins the N examples into one negative stream (the paper's code);
+        "separate" gives each its own stream and averages their log-probabilities.
+    top_k, top_p, temperature: the sampler applied to the combined distribution
+        (paper: top_k=10, T=1). temperature=0 is greedy decoding.
+    plausibility_alpha: optional adaptive floor from Contrastive Decoding; keeps only tokens with
+        lE(v) >= log(alpha) + max lE. 0 turns it off (the paper does not use it).
+    rescale: divide the weights by (1 - eta) so the combined distribution is not flattened.
+    max_new_tokens: generation length limit per sample.
+    seed: base seed for reproducible sampling (None: nondeterministic).
+    """
+
+    gamma: float = 0.2
+    eta: float = 0.2
+    num_negatives: int = 5
+    negative_mode: str = "concat"
+    top_k: int = 10
+    top_p: float = 1.0
+    temperature: float = 1.0
+    plausibility_alpha: float = 0.0
+    rescale: bool = False
+    max_new_tokens: int = 64
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_steer_coefficients(self.gamma, self.eta, rescale=self.rescale)
+        check_sampling_parameters(self.temperature, self.top_k, self.top_p)
+        check_plausibility_alpha(self.plausibility_alpha)
+        if isinstance(self.num_negatives, bool) or not isinstance(self.num_negatives, int) or self.num_negatives < 0:
+            raise ValueError(f"num_negatives must be an int >= 0, got {self.num_negatives!r}")
+        if self.num_negatives == 0 and self.eta != 0:
+            raise ValueError(f"eta={self.eta} needs num_negatives >= 1 (negative prompts), got 0")
+        if self.negative_mode not in NEGATIVE_MODES:
+            raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got {self.negative_mode!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be None or an int >= 0, got {self.seed!r}")
+        if not isinstance(self.rescale, bool):
+            raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
+
+    @property
+    def num_negative_streams(self) -> int:
+        """M: one stream in "concat" mode, one per negative example in "separate" mode."""
+        if self.num_negatives == 0:
+            return 0
+        return 1 if self.negative_mode == "concat" else self.num_negatives
+
+    def weights(self) -> torch.Tensor:
+        """The K stream weights this configuration implies."""
+        return steer_weights(self.gamma, self.eta, self.num_negative_streams, rescale=self.rescale)

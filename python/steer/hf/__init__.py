@@ -1,0 +1,1 @@
+"""Hugging Face integration: STEER as a drop-in ``LogitsProcessor`` for ``model.generate``."""

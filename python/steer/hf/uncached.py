@@ -1,0 +1,57 @@
+"""STEER decoding the way the paper's code did it, minus its bugs: every step recomputes full,
+uncached forwards of the expert on the prompt, the base on the prompt and the expert on each
+negative context. O(length^2) and slow, but obviously right: the oracle the drop-in and the
+engine are tested against, and the "paper" baseline of the benchmarks. One sample at a time, so
+no padding or batching can hide a mistake.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from steer import reference
+from steer.config import steer_weights
+
+
+@torch.no_grad()
+def _last_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(input_ids=tokens.to(device).unsqueeze(0), use_cache=False).logits[0, -1].float().cpu()
+
+
+@torch.no_grad()
+def steer_generate_uncached(
+    expert,
+    base,
+    prompt_ids: torch.Tensor,
+    negative_streams: list[torch.Tensor],
+    *,
+    gamma: float,
+    eta: float,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    vocab_size: int | None = None,
+    plausibility_alpha: float = 0.0,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` for one prompt; return the new token ids (1-D, EOS kept)."""
+    weights = steer_weights(gamma, eta, len(negative_streams) if eta != 0 else 0)
+    generated = torch.empty(0, dtype=torch.long)
+    for _ in range(max_new_tokens):
+        streams = [_last_logits(expert, torch.cat([prompt_ids, generated]))]
+        streams.append(_last_logits(base, torch.cat([prompt_ids, generated])))
+        if eta != 0:
+            streams += [_last_logits(expert, torch.cat([negative, generated])) for negative in negative_streams]
+        vocab = min(s.shape[0] for s in streams) if vocab_size is None else vocab_size
+        logits = torch.stack([s[:vocab] for s in streams]).unsqueeze(0)
+        probs = reference.probabilities(
+            logits, weights, temperature=temperature, top_k=top_k, top_p=top_p, plausibility_alpha=plausibility_alpha
+        )
+        token = torch.multinomial(probs, 1, generator=generator)[0] if temperature > 0 else probs.argmax(-1)
+        generated = torch.cat([generated, token])
+        if eos_token_id is not None and int(token) == eos_token_id:
+            break
+    return generated

@@ -1,0 +1,144 @@
+"""The STEER formula in plain PyTorch: the oracle every kernel, the drop-in and the engine are tested against.
+
+For a batch row with K streams of logits z_k and weights w_k (DESIGN.md section 2):
+
+    s(v) = sum_k w_k * log_softmax(z_k)(v)          (the combined log-score)
+    p(v) = softmax(filter(s / T))(v)                (the distribution a token is drawn from)
+
+where filter keeps the top_k highest scores, then the top_p nucleus. Written literally, one
+log_softmax per stream, because short and obviously right beats fast here.
+
+Edge cases, which every backend must reproduce:
+  * NaN or +inf in any stream -> ValueError naming the row and stream.
+  * -inf in a stream with w > 0 (e.g. the expert forbids a token) -> s(v) = -inf, never sampled.
+  * -inf in a stream with w < 0 -> the raw logit is replaced by NEG_INF_FLOOR before anything else,
+    so -w * (-inf) can never become +inf or NaN. The floor is on the raw logit (not the
+    log-probability) so that the shift-invariant form sum_k w_k z_k stays exact.
+  * Streams with w == 0 contribute nothing (0 * -inf would be NaN).
+  * Columns at or beyond vocab_size (padded LM-head rows) are -inf and never sampled.
+  * plausibility_alpha > 0 keeps only v with lE(v) >= log(alpha) + max lE, stream 0 being the expert.
+  * A row left with no finite score -> ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from steer.ops import validate
+
+NEG_INF_FLOOR = -1.0e4
+
+
+def floored_logits(logits: torch.Tensor, weights: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Upcast [B, K, V] logits and replace -inf by NEG_INF_FLOOR in negatively weighted streams."""
+    logits = logits.to(dtype)
+    negative = (weights < 0).unsqueeze(-1)
+    return torch.where(negative & torch.isneginf(logits), torch.full_like(logits, NEG_INF_FLOOR), logits)
+
+
+def weighted_sum(streams: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k * streams[:, k], skipping w == 0 so that 0 * -inf never makes a NaN."""
+    weights = weights.to(streams.dtype).unsqueeze(-1)
+    terms = torch.where(weights == 0, torch.zeros_like(streams), weights * streams)
+    return terms.sum(dim=1)
+
+
+def plausible_tokens(expert_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Boolean [B, V]: tokens whose expert log-probability is within log(alpha) of the best one."""
+    expert_logprobs = torch.log_softmax(expert_logits, dim=-1)
+    best = expert_logprobs.max(dim=-1, keepdim=True).values
+    return expert_logprobs >= best + math.log(alpha)
+
+
+def combine(
+    logits: torch.Tensor,
+    weights,
+    *,
+    normalize: bool = True,
+    vocab_size: int | None = None,
+    plausibility_alpha: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The combined STEER scores [B, V] of [B, K, V] logits, literally as the formula reads.
+
+    normalize=True: log_softmax(sum_k w_k log_softmax(z_k)), the log-probabilities.
+    normalize=False: sum_k w_k z_k, equal to the above up to a per-row constant.
+    """
+    weights, vocab_size = validate.prepare_combine_inputs(logits, weights, vocab_size, plausibility_alpha)
+    validate.check_no_nan_or_posinf(logits)
+    batch, _, padded_vocab = logits.shape
+    streams = floored_logits(logits[:, :, :vocab_size], weights, dtype)
+    if normalize:
+        streams = torch.log_softmax(streams, dim=-1)
+    scores = weighted_sum(streams, weights)
+    if plausibility_alpha > 0:
+        keep = plausible_tokens(streams[:, 0], plausibility_alpha)
+        scores = scores.masked_fill(~keep, -math.inf)
+    validate.check_every_row_has_a_token(scores)
+    if normalize:
+        scores = torch.log_softmax(scores, dim=-1)
+    padding = torch.full((batch, padded_vocab - vocab_size), -math.inf, dtype=dtype, device=logits.device)
+    return torch.cat([scores, padding], dim=-1)
+
+
+def top_k_mask(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Boolean [B, V]: the top_k highest scores of each row; ties with the k-th are all kept."""
+    if top_k == 0 or top_k >= scores.shape[-1]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth_best = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+    return scores >= kth_best
+
+
+def top_p_mask(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean [B, V]: the smallest set of most probable tokens whose probability reaches top_p.
+
+    A token is kept when the probability mass of the tokens strictly more probable than it in the
+    sorted order is below top_p; ties with the least probable kept token are all kept.
+    """
+    if top_p >= 1.0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    probs = torch.softmax(scores, dim=-1)
+    sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    kept_count = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
+    smallest_kept = sorted_probs.gather(-1, kept_count - 1)
+    return probs >= smallest_kept
+
+
+def filter_scores(scores: torch.Tensor, *, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Apply temperature, then top-k, then top-p (the order of Hugging Face's warpers).
+
+    Returns the scores of the distribution that is sampled from, with removed tokens at -inf.
+    temperature=0 (greedy) filters at temperature 1, which keeps the argmax.
+    """
+    if temperature > 0:
+        scores = scores / temperature
+    scores = scores.masked_fill(~top_k_mask(scores, top_k), -math.inf)
+    return scores.masked_fill(~top_p_mask(scores, top_p), -math.inf)
+
+
+def probabilities(
+    logits: torch.Tensor,
+    weights,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    vocab_size: int | None = None,
+    plausibility_alpha: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The exact distribution [B, V] that ``steer.sample`` draws from (one-hot at the argmax if T=0)."""
+    validate.check_sampler_arguments(temperature, top_k, top_p, None, None)
+    scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha, dtype=dtype)
+    if temperature == 0:
+        return torch.nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(dtype)
+    return torch.softmax(filter_scores(scores, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
+
+
+def greedy(logits: torch.Tensor, weights, *, vocab_size: int | None = None, plausibility_alpha: float = 0.0) -> torch.Tensor:
+    """The argmax token of each row's combined score (lowest id on ties)."""
+    scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha)
+    return scores.argmax(dim=-1)
