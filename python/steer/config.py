@@ -63,7 +63,8 @@ def steer_weights(
         raise ValueError(f"num_negative_streams must be >= 0, got {num_negative_streams}")
     if num_negative_streams == 0 and eta != 0:
         raise ValueError(f"eta={eta} needs at least one negative stream, got num_negative_streams=0")
-    weights = [1.0 + gamma, -gamma] + [-eta / num_negative_streams] * num_negative_streams
+    per_stream = -eta / num_negative_streams if num_negative_streams else 0.0
+    weights = [1.0 + gamma, -gamma] + [per_stream] * num_negative_streams
     scale = 1.0 / (1.0 - eta) if rescale else 1.0
     return torch.tensor([w * scale for w in weights], dtype=torch.float32)
 

@@ -1,0 +1,127 @@
+"""steer.sample: exact greedy, statistical agreement with the reference distribution, seeds."""
+
+import math
+
+import pytest
+import torch
+
+import steer
+from steer import reference, steer_weights
+
+BACKENDS = steer.backends("sample")
+DRAWS = 40_000
+
+
+def random_logits(shape, dtype=torch.float32, seed=0, scale=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=gen) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 3, 17), (4, 7, 1001), (2, 9, 50257), (2, 3, 128256)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_is_exactly_the_reference_argmax(backend, shape, dtype):
+    logits = random_logits(shape, dtype)
+    weights = steer_weights(0.3, 0.4, shape[1] - 2) if shape[1] >= 2 else [1.0]
+    got = steer.sample(logits, weights, temperature=0, top_k=10, backend=backend)
+    assert got.dtype == torch.long
+    assert torch.equal(got, reference.greedy(logits, weights))
+
+
+def draw_frequencies(backend, logits, weights, **sampler):
+    batch = logits.expand(DRAWS, *logits.shape[1:])
+    tokens = steer.sample(batch, weights, seed=1234, backend=backend, **sampler)
+    return torch.bincount(tokens, minlength=logits.shape[-1]).double() / DRAWS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        {"temperature": 1.0},
+        {"temperature": 0.7, "top_k": 5},
+        {"temperature": 1.5, "top_p": 0.8},
+        {"temperature": 1.0, "top_k": 10, "top_p": 0.9},
+    ],
+    ids=str,
+)
+def test_draws_follow_the_reference_distribution(backend, sampler):
+    logits = random_logits((1, 4, 31), scale=1.5)
+    logits[0, 0, 3] = -math.inf  # a token the expert forbids
+    weights = steer_weights(0.3, 0.4, 2)
+    want = reference.probabilities(logits, weights, **sampler)[0]
+    got = draw_frequencies(backend, logits, weights, **sampler)
+    assert got[want == 0].sum() == 0, "drew a token of probability zero"
+    bound = 5 * torch.sqrt(want * (1 - want) / DRAWS) + 1e-3
+    assert ((got - want).abs() <= bound).all(), (got - want).abs().max()
+    assert torch.nn.functional.cosine_similarity(got, want, dim=0) > 0.999
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_and_padded_tokens_are_never_drawn(backend):
+    logits = random_logits((1, 3, 40), scale=0.1)
+    logits[0, 0, ::2] = -math.inf  # the expert forbids every even token
+    logits[0, :, 32:] = 50.0  # padded LM-head rows, hugely likely if they were considered
+    frequencies = draw_frequencies(backend, logits, steer_weights(0.5, 0.5, 1), vocab_size=32)
+    assert frequencies[::2].sum() == 0 and frequencies[32:].sum() == 0
+    assert (frequencies[1:32:2] > 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_near_one_hot_always_picks_the_peak(backend):
+    logits = random_logits((6, 3, 500))
+    peaks = torch.tensor([0, 499, 17, 250, 3, 42])
+    logits[torch.arange(6), 0, peaks] += 80.0
+    for seed in range(5):
+        tokens = steer.sample(logits, steer_weights(0.2, 0.2, 1), seed=seed, backend=backend)
+        assert torch.equal(tokens, peaks)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_tokens(backend):
+    logits, weights = random_logits((16, 3, 1000), scale=0.5), steer_weights(0.2, 0.2, 1)
+    first = steer.sample(logits, weights, seed=7, top_p=0.95, backend=backend)
+    assert torch.equal(first, steer.sample(logits, weights, seed=7, top_p=0.95, backend=backend))
+    assert not torch.equal(first, steer.sample(logits, weights, seed=8, top_p=0.95, backend=backend))
+    generator = torch.Generator().manual_seed(7)
+    assert torch.equal(first, steer.sample(logits, weights, generator=generator, top_p=0.95, backend=backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_logprobs_are_those_of_the_sampled_distribution(backend, temperature):
+    logits, weights = random_logits((8, 3, 64)), steer_weights(0.2, 0.2, 1)
+    tokens, logprobs = steer.sample(
+        logits, weights, temperature=temperature, top_k=10, seed=3, return_logprobs=True, backend=backend
+    )
+    probs = reference.probabilities(logits, weights, temperature=temperature or 1.0, top_k=10)
+    want = probs.gather(1, tokens.unsqueeze(1)).squeeze(1).log().float()
+    torch.testing.assert_close(logprobs, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"seed": 1, "generator": torch.Generator()}, "either seed or generator"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_sampler_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        steer.sample(torch.zeros(1, 1, 4), [1.0], **kwargs)
+
+
+def test_nan_raises_instead_of_sampling():
+    logits = torch.zeros(2, 2, 9)
+    logits[0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        steer.sample(logits, [1.2, -0.2])
+
+
+def test_empty_batch():
+    tokens, logprobs = steer.sample(torch.zeros(0, 1, 4), [1.0], return_logprobs=True)
+    assert tokens.shape == (0,) and logprobs.shape == (0,)

@@ -1,0 +1,105 @@
+"""The oracle itself, against a float64 computation written out token by token."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steer import reference, steer_weights
+
+
+def hand_combined_logprobs(logits: np.ndarray, weights: np.ndarray, vocab_size: int) -> np.ndarray:
+    """DESIGN.md section 2, one row and one token at a time, in float64."""
+    batch, streams, padded = logits.shape
+    out = np.full((batch, padded), -np.inf)
+    for b in range(batch):
+        scores = []
+        for v in range(vocab_size):
+            total = 0.0
+            for k in range(streams):
+                w = weights[b, k]
+                if w == 0:
+                    continue
+                row = logits[b, k, :vocab_size].copy()
+                if w < 0:
+                    row[np.isneginf(row)] = reference.NEG_INF_FLOOR
+                finite = row[np.isfinite(row)]
+                top = finite.max()
+                logsumexp = top + math.log(sum(math.exp(x - top) for x in finite))
+                total += w * (row[v] - logsumexp)
+            scores.append(total)
+        scores = np.array(scores)
+        finite = scores[np.isfinite(scores)]
+        top = finite.max()
+        out[b, :vocab_size] = scores - (top + math.log(sum(math.exp(x - top) for x in finite)))
+    return out
+
+
+def test_reference_matches_hand_computation():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 11, generator=gen) * 3
+    logits[0, 0, 2] = -math.inf  # forbidden by the expert
+    logits[1, 1, 5] = -math.inf  # -inf in the negatively weighted base stream
+    logits[2, 3, 0] = -math.inf  # -inf in a negative stream
+    weights = torch.tensor([[1.2, -0.2, -0.1, -0.1], [1.5, -0.5, 0.0, -0.3], [1.0, 0.0, 0.0, -0.6]])
+    got = reference.combine(logits, weights, vocab_size=9)
+    want = hand_combined_logprobs(logits.double().numpy(), weights.double().numpy(), 9)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+    assert got[0, 2] == -math.inf and torch.isinf(got[:, 9:]).all()
+
+
+def test_unnormalized_equals_normalized_up_to_a_row_constant():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 5, 33, generator=gen) * 4
+    weights = steer_weights(0.3, 0.4, 3)
+    normalized = reference.combine(logits, weights)
+    raw = reference.combine(logits, weights, normalize=False)
+    np.testing.assert_allclose(torch.log_softmax(raw, -1).numpy(), normalized.numpy(), atol=1e-5)
+    shift = normalized - raw
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-4)
+
+
+def test_gamma_eta_zero_is_the_expert_distribution():
+    logits = torch.randn(2, 4, 50)
+    got = reference.combine(logits, steer_weights(0.0, 0.0, 2))
+    torch.testing.assert_close(got, torch.log_softmax(logits[:, 0], -1))
+
+
+def test_negative_stream_minus_inf_never_makes_inf_or_nan():
+    logits = torch.zeros(1, 3, 6)
+    logits[0, 1, :] = -math.inf  # every token -inf in the base stream
+    logits[0, 2, 3] = -math.inf
+    got = reference.combine(logits, steer_weights(0.5, 0.5, 1))
+    assert torch.isfinite(got).all()
+    assert got[0].argmax() == 3  # a token the negative stream forbids is pushed up, not to +inf
+
+
+def test_plausibility_keeps_only_tokens_near_the_expert_best():
+    logits = torch.tensor([[[0.0, -1.0, -3.0, -10.0], [0.0, 0.0, 0.0, 0.0]]])
+    got = reference.combine(logits, [1.0, 0.0], plausibility_alpha=math.exp(-2.5))
+    assert torch.isfinite(got[0, :2]).all() and torch.isinf(got[0, 2:]).all()
+
+
+def test_filters_top_k_keeps_ties_and_top_p_keeps_minimal_set():
+    scores = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]]))
+    assert reference.top_k_mask(scores, 2).tolist() == [[True, True, False, False], [True] * 4]
+    assert reference.top_p_mask(scores, 0.6).tolist() == [[True, True, False, False], [True] * 4]
+    assert reference.top_p_mask(scores, 0.7).tolist()[0] == [True, True, False, False]
+    assert reference.top_p_mask(scores, 0.71).tolist()[0] == [True, True, True, False]
+    assert reference.top_p_mask(scores[:1], 0.01).tolist() == [[True, False, False, False]]
+
+
+def test_probabilities_sum_to_one_and_respect_filters():
+    logits = torch.randn(3, 3, 40)
+    probs = reference.probabilities(logits, steer_weights(0.2, 0.2, 1), temperature=0.7, top_k=5, top_p=0.9)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, dtype=torch.float64))
+    assert ((probs > 0).sum(-1) <= 5).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nan_or_posinf_raises(bad):
+    logits = torch.zeros(2, 3, 5)
+    logits[1, 2, 4] = bad
+    with pytest.raises(ValueError, match="row 1, stream 2"):
+        reference.combine(logits, [1.0, -0.5, -0.5])

@@ -1,0 +1,64 @@
+"""Tiny random Hugging Face causal LMs built from configs: no downloads, a few KB of weights.
+
+float64 keeps batched-and-padded forwards equal to unbatched ones far below float32 rounding, so
+greedy token-for-token comparisons test the algorithm, not numerical noise.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+VOCAB = 96
+BOS, EOS, PAD = 1, 2, 0
+
+
+def _finish(model):
+    return model.to(torch.float64).eval()
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = VOCAB):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
+    )
+    return _finish(LlamaForCausalLM(config))
+
+
+def tiny_qwen2(seed: int = 0, vocab_size: int = VOCAB):
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
+    )
+    return _finish(Qwen2ForCausalLM(config))
+
+
+def tiny_gpt2(seed: int = 0, vocab_size: int = VOCAB):
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
+    )
+    return _finish(GPT2LMHeadModel(config))
+
+
+BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "qwen2": tiny_qwen2}
+
+
+def expert_and_base(arch: str):
+    """Two different random models of one architecture and tokenizer: an 'expert' and its 'base'."""
+    return BUILDERS[arch](seed=1), BUILDERS[arch](seed=2)
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = torch.tensor(prompt)
+        mask[row, length - len(prompt) :] = 1
+    return ids, mask
