@@ -9,14 +9,16 @@ where filter keeps the top_k highest scores, then the top_p nucleus. Written lit
 log_softmax per stream, because short and obviously right beats fast here.
 
 Edge cases, which every backend must reproduce:
-  * NaN or +inf in any stream -> ValueError naming the row and stream.
+  * NaN or +inf in any stream -> ValueError naming the row and stream (padding columns at or
+    beyond vocab_size are never read).
   * -inf in a stream with w > 0 (e.g. the expert forbids a token) -> s(v) = -inf, never sampled.
   * -inf in a stream with w < 0 -> the raw logit is replaced by NEG_INF_FLOOR before anything else,
     so -w * (-inf) can never become +inf or NaN. The floor is on the raw logit (not the
     log-probability) so that the shift-invariant form sum_k w_k z_k stays exact.
   * Streams with w == 0 contribute nothing (0 * -inf would be NaN).
   * Columns at or beyond vocab_size (padded LM-head rows) are -inf and never sampled.
-  * plausibility_alpha > 0 keeps only v with lE(v) >= log(alpha) + max lE, stream 0 being the expert.
+  * plausibility_alpha > 0 keeps only v with lE(v) >= log(alpha) + max lE, stream 0 being the expert
+    (its raw logits, before any floor).
   * A row left with no finite score -> ValueError.
 """
 
@@ -67,14 +69,14 @@ def combine(
     normalize=False: sum_k w_k z_k, equal to the above up to a per-row constant.
     """
     weights, vocab_size = validate.prepare_combine_inputs(logits, weights, vocab_size, plausibility_alpha)
-    validate.check_no_nan_or_posinf(logits)
+    validate.check_no_nan_or_posinf(logits[:, :, :vocab_size])
     batch, _, padded_vocab = logits.shape
     streams = floored_logits(logits[:, :, :vocab_size], weights, dtype)
     if normalize:
         streams = torch.log_softmax(streams, dim=-1)
     scores = weighted_sum(streams, weights)
     if plausibility_alpha > 0:
-        keep = plausible_tokens(streams[:, 0], plausibility_alpha)
+        keep = plausible_tokens(logits[:, 0, :vocab_size].to(dtype), plausibility_alpha)
         scores = scores.masked_fill(~keep, -math.inf)
     validate.check_every_row_has_a_token(scores)
     if normalize:

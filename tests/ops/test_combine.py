@@ -136,3 +136,22 @@ def test_empty_batch():
 
 def test_auto_backend_is_listed():
     assert "torch" in steer.backends() and "torch" in BACKENDS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_garbage_in_padding_columns_is_ignored(backend):
+    logits, weights = random_logits((2, 3, 20)), steer_weights(0.2, 0.2, 1)
+    logits[0, 1, 17] = math.nan
+    logits[1, 0, 19] = math.inf
+    got = steer.combine(logits, weights, vocab_size=16, backend=backend)
+    assert_matches_reference(got, logits, weights, vocab_size=16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plausibility_reads_the_raw_expert_stream_even_with_a_negative_weight(backend):
+    logits = random_logits((2, 2, 30))
+    logits[:, 0, :5] = -math.inf
+    weights = torch.tensor([-0.5, 1.5])
+    assert_matches_reference(
+        steer.combine(logits, weights, plausibility_alpha=0.2, backend=backend), logits, weights, plausibility_alpha=0.2
+    )

@@ -30,12 +30,13 @@ def _streams_ready_for_matmul(logits: torch.Tensor, weights: torch.Tensor) -> to
 
 
 def combine(logits, weights, *, normalize: bool, vocab_size: int, plausibility_alpha: float) -> torch.Tensor:
+    padded_vocab = logits.shape[-1]
+    logits = logits[:, :, :vocab_size]
     validate.check_no_nan_or_posinf(logits)
-    batch, _, padded_vocab = logits.shape
-    streams = _streams_ready_for_matmul(logits[:, :, :vocab_size], weights)
+    streams = _streams_ready_for_matmul(logits, weights)
     scores = torch.bmm(weights.unsqueeze(1), streams).squeeze(1)
     if plausibility_alpha > 0:
-        expert = streams[:, 0]
+        expert = logits[:, 0].float()
         best = expert.max(dim=-1, keepdim=True).values
         scores = scores.masked_fill(expert < best + math.log(plausibility_alpha), -math.inf)
     validate.check_every_row_has_a_token(scores)

@@ -1,0 +1,60 @@
+// steer._C: the CPU kernels as a Python module.
+//
+// Thin on purpose: tensors arrive as (data_ptr, strides) integers from steer/ops/cpp_backend.py,
+// which owns dtype, device and shape checks, so this module needs neither torch headers nor
+// a torch build dependency. Each glue function turns integers into pointers, releases the GIL
+// for the kernel, and hands back (status, row, stream) for the Python side to raise the shared
+// errors (steer/ops/errors.py). Malformed arguments are a bug in the caller: ValueError here.
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <tuple>
+
+#include "steer/combine.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using Result = std::tuple<int, int64_t, int64_t>;  // (status, row, stream); row/stream -1 when unset
+
+template <typename T>
+T* as_pointer(std::uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+Result combine(std::uintptr_t logits, int64_t B, int64_t K, int64_t V, int64_t stride_b, int64_t stride_k,
+               int64_t stride_v, std::uintptr_t weights, int64_t weight_stride_b, int64_t vocab_size, bool normalize,
+               float plausibility_alpha, std::uintptr_t out, int64_t out_stride_b, int num_threads) {
+  int64_t row = -1, stream = -1;
+  steer::Status status;
+  {
+    py::gil_scoped_release no_gil;
+    status = steer::combine_cpu(as_pointer<const float>(logits), B, K, V, stride_b, stride_k, stride_v,
+                                as_pointer<const float>(weights), weight_stride_b, vocab_size, normalize,
+                                plausibility_alpha, as_pointer<float>(out), out_stride_b, &row, &stream, num_threads);
+  }
+  if (status == steer::STEER_ERR_INVALID_ARGUMENT) {
+    throw py::value_error("steer._C.combine: invalid shape, stride, pointer or plausibility_alpha");
+  }
+  return {int(status), row, stream};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "steer CPU kernels (raw-pointer bindings; use steer.ops, not this module)";
+  m.attr("STEER_OK") = int(steer::STEER_OK);
+  m.attr("STEER_ERR_NAN") = int(steer::STEER_ERR_NAN);
+  m.attr("STEER_ERR_POSINF") = int(steer::STEER_ERR_POSINF);
+  m.attr("STEER_ERR_EMPTY_ROW") = int(steer::STEER_ERR_EMPTY_ROW);
+  m.attr("NEG_INF_FLOOR") = steer::NEG_INF_FLOOR;
+
+  m.def("combine", &combine, "STEER combine of float32 [B, K, V] logits into out [B, V] -> (status, row, stream)",
+        py::arg("logits"), py::arg("B"), py::arg("K"), py::arg("V"), py::arg("stride_b"), py::arg("stride_k"),
+        py::arg("stride_v"), py::arg("weights"), py::arg("weight_stride_b"), py::arg("vocab_size"),
+        py::arg("normalize"), py::arg("plausibility_alpha"), py::arg("out"), py::arg("out_stride_b"),
+        py::arg("num_threads") = 0);
+}
