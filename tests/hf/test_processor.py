@@ -158,3 +158,30 @@ def test_plausibility_floor_matches_the_formula():
             max_new_tokens=NEW_TOKENS, eos_token_id=EOS, plausibility_alpha=0.05,
         )
         assert strip_after_eos(got[row]) == want.tolist(), f"row {row}"
+
+
+def test_num_return_sequences_with_one_negative_entry_per_returned_sequence():
+    expert, base = expert_and_base("gpt2")
+    prompts = PROMPTS[:2]
+    negatives = as_streams(CONCAT_NEGATIVES[:2])
+    expanded = [negatives[0], negatives[0], negatives[0], negatives[1], negatives[1], negatives[1]]
+    processor = SteerLogitsProcessor(expert, base, expanded, gamma=0.3, eta=0.3)
+    out = generate(expert, processor, prompts, do_sample=True, top_k=5, num_return_sequences=3)
+    assert len(out) == 6
+    wrong = SteerLogitsProcessor(expert, base, negatives, gamma=0.3, eta=0.3)
+    with pytest.raises(ValueError, match="one entry per returned sequence"):
+        generate(expert, wrong, prompts, do_sample=True, num_return_sequences=3)
+
+
+def test_called_directly_outside_generate():
+    """Without generate there is no recorded attention mask: the rows are taken as unpadded."""
+    expert, base = expert_and_base("llama")
+    negatives = as_streams(CONCAT_NEGATIVES[:2])
+    processor = SteerLogitsProcessor(expert, base, negatives, gamma=0.5, eta=0.5)
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    scores = expert(prompts).logits[:, -1].float()
+    combined = processor(prompts, scores)
+    for row in range(2):
+        want = steer_generate_uncached(expert, base, prompts[row], [negatives[row]], gamma=0.5, eta=0.5, max_new_tokens=1)
+        assert int(combined[row].argmax()) == int(want[0])
+    torch.testing.assert_close(combined.exp().sum(-1), torch.ones(2))
