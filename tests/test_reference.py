@@ -103,3 +103,32 @@ def test_nan_or_posinf_raises(bad):
     logits[1, 2, 4] = bad
     with pytest.raises(ValueError, match="row 1, stream 2"):
         reference.combine(logits, [1.0, -0.5, -0.5])
+
+
+def test_philox_known_answers():
+    """Random123's known-answer vectors for Philox4x32-10."""
+    u32 = 0xFFFFFFFF
+    cases = [
+        ((0, 0), (0, 0, 0, 0), [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ((u32, u32), (u32, u32, u32, u32), [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        ((0xA4093822, 0x299F31D0), (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+    ]
+    for key, counter, want in cases:
+        assert [int(w) for w in reference.philox4x32(key, counter)] == want
+
+
+def test_uniform_noise_is_open_unit_interval_and_uniform():
+    u = reference.uniform_noise(torch.tensor(3), torch.tensor(5), torch.tensor(0), torch.arange(200_000))
+    assert u.dtype == torch.float32 and 0 < u.min() and u.max() < 1
+    assert abs(float(u.mean()) - 0.5) < 0.005
+    histogram = torch.histc(u, bins=10, min=0, max=1) / u.numel()
+    assert (histogram - 0.1).abs().max() < 0.005
+
+
+def test_gumbel_max_draws_follow_softmax():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    draws = 40_000
+    keys = torch.arange(draws)
+    tokens = reference.perturbed_argmax(scores.expand(draws, 4), torch.zeros(draws, dtype=torch.long), keys, torch.zeros_like(keys))
+    frequencies = torch.bincount(tokens, minlength=4).double() / draws
+    assert (frequencies - torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)).abs().max() < 0.01

@@ -8,6 +8,13 @@ For a batch row with K streams of logits z_k and weights w_k (DESIGN.md section 
 where filter keeps the top_k highest scores, then the top_p nucleus. Written literally, one
 log_softmax per stream, because short and obviously right beats fast here.
 
+A token is drawn by the Gumbel-max trick with counter-based noise, identical in every backend:
+
+    token = argmax_v  filter(s / T)(v) + g(v),   g(v) = -log(-log(u(v)))
+    u(v)  = uniform from Philox4x32-10, key = seed, counter = (v, step, row_key_lo, row_key_hi)
+
+so a row's tokens depend on its (seed, row key, step) and never on the batch around it.
+
 Edge cases, which every backend must reproduce:
   * NaN or +inf in any stream -> ValueError naming the row and stream (padding columns at or
     beyond vocab_size are never read).
@@ -133,11 +140,101 @@ def probabilities(
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """The exact distribution [B, V] that ``steer.sample`` draws from (one-hot at the argmax if T=0)."""
-    validate.check_sampler_arguments(temperature, top_k, top_p, None, None)
+    validate.check_sampling_parameters(temperature, top_k, top_p)
     scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha, dtype=dtype)
     if temperature == 0:
         return torch.nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(dtype)
     return torch.softmax(filter_scores(scores, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
+
+
+# Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011), the
+# generator of Random123, cuRAND and Triton. Every backend implements these same rounds; the
+# known-answer vectors of Random123 are in the tests.
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+PHILOX_ROUNDS = 10
+_U32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit halves of a * b for uint32 values held in int64, without int64 overflow."""
+    high_part, low_part = a * (b >> 16), a * (b & 0xFFFF)  # each < 2^48
+    low = (low_part + ((high_part & 0xFFFF) << 16)) & _U32
+    high = (high_part + (low_part >> 16)) >> 16
+    return high, low
+
+
+def philox4x32(key: tuple, counter: tuple) -> list[torch.Tensor]:
+    """The four 32-bit output words of Philox4x32-10 (uint32 values in int64 tensors)."""
+    k0, k1 = (torch.as_tensor(k, dtype=torch.int64) & _U32 for k in key)
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) & _U32 for c in counter)
+    for round_index in range(PHILOX_ROUNDS):
+        if round_index:
+            k0, k1 = (k0 + PHILOX_W0) & _U32, (k1 + PHILOX_W1) & _U32
+        high0, low0 = _mulhilo32(c0, PHILOX_M0)
+        high1, low1 = _mulhilo32(c2, PHILOX_M1)
+        c0, c1, c2, c3 = high1 ^ c1 ^ k0, low1, high0 ^ c3 ^ k1, low0
+    return [c0, c1, c2, c3]
+
+
+def uniform_noise(seeds, row_keys, steps, token_ids) -> torch.Tensor:
+    """float32 u in (0, 1), never 0 or 1, for broadcastable int64 seeds / row keys / steps / tokens.
+
+    u = (2 * (x >> 9) + 1) * 2^-24 with x the first Philox word: exactly representable in float32,
+    so every backend gets bit-identical u.
+    """
+    seeds, row_keys = torch.as_tensor(seeds), torch.as_tensor(row_keys)
+    word = philox4x32((seeds, seeds >> 32), (token_ids, steps, row_keys, row_keys >> 32))[0]
+    return ((word >> 9) * 2 + 1).to(torch.float32) * 2.0**-24
+
+
+def gumbel_noise(u: torch.Tensor) -> torch.Tensor:
+    return -torch.log(-torch.log(u))
+
+
+def perturbed_argmax(filtered: torch.Tensor, seeds, row_keys, steps) -> torch.Tensor:
+    """argmax_v filtered(v) + g(v) per row: an exact draw from softmax(filtered) (Gumbel-max).
+
+    Noise is computed only where filtered is finite (after top-k, a handful of tokens per row).
+    seeds, row_keys, steps: int64 [B].
+    """
+    rows, tokens = torch.isfinite(filtered).nonzero(as_tuple=True)
+    u = uniform_noise(seeds[rows], row_keys[rows], steps[rows], tokens)
+    perturbed = torch.full_like(filtered, -math.inf)
+    perturbed[rows, tokens] = filtered[rows, tokens] + gumbel_noise(u).to(filtered.dtype)
+    return perturbed.argmax(dim=-1)
+
+
+def sample(
+    logits: torch.Tensor,
+    weights,
+    *,
+    seeds: torch.Tensor,
+    row_keys: torch.Tensor,
+    steps: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    vocab_size: int | None = None,
+    plausibility_alpha: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [B], their log-probabilities [B]) as every backend must draw them."""
+    scores = combine(logits, weights, normalize=False, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha)
+    return draw(scores, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, row_keys=row_keys, steps=steps)
+
+
+def draw(scores: torch.Tensor, *, temperature, top_k, top_p, seeds, row_keys, steps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filter combined scores [B, V] and draw (tokens, log-probabilities) from them.
+
+    temperature=0 is greedy; its log-probabilities are those of the filtered distribution at T=1.
+    """
+    filtered = filter_scores(scores, temperature=temperature, top_k=top_k, top_p=top_p)
+    if temperature == 0:
+        tokens = scores.argmax(dim=-1)
+    else:
+        tokens = perturbed_argmax(filtered, seeds, row_keys, steps)
+    logprobs = torch.log_softmax(filtered, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return tokens, logprobs
 
 
 def greedy(logits: torch.Tensor, weights, *, vocab_size: int | None = None, plausibility_alpha: float = 0.0) -> torch.Tensor:

@@ -83,8 +83,60 @@ def test_same_seed_same_tokens(backend):
     first = steer.sample(logits, weights, seed=7, top_p=0.95, backend=backend)
     assert torch.equal(first, steer.sample(logits, weights, seed=7, top_p=0.95, backend=backend))
     assert not torch.equal(first, steer.sample(logits, weights, seed=8, top_p=0.95, backend=backend))
-    generator = torch.Generator().manual_seed(7)
-    assert torch.equal(first, steer.sample(logits, weights, generator=generator, top_p=0.95, backend=backend))
+    from_generator = [
+        steer.sample(logits, weights, generator=torch.Generator().manual_seed(3), top_p=0.95, backend=backend)
+        for _ in range(2)
+    ]
+    assert torch.equal(*from_generator)
+    torch.manual_seed(5)
+    global_first = steer.sample(logits, weights, top_p=0.95, backend=backend)
+    torch.manual_seed(5)
+    assert torch.equal(global_first, steer.sample(logits, weights, top_p=0.95, backend=backend))
+
+
+SAMPLERS = [
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_k": 10},
+    {"temperature": 1.2, "top_p": 0.9},
+    {"temperature": 1.0, "top_k": 50, "top_p": 0.8, "plausibility_alpha": 0.01},
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 97), (8, 7, 4099), (2, 4, 50257)], ids=str)
+def test_tokens_are_exactly_the_reference_draws(backend, sampler, shape):
+    """Same Philox noise, same filters: the same token, not just the same distribution."""
+    logits = random_logits(shape, scale=2.0)
+    weights = steer_weights(0.3, 0.4, shape[1] - 2) if shape[1] >= 2 else [1.0]
+    seeds, keys, steps = torch.full((shape[0],), 99), torch.arange(shape[0]) * 7 + 1, torch.full((shape[0],), 4)
+    want_tokens, want_logprobs = reference.sample(logits, weights, seeds=seeds, row_keys=keys, steps=steps, **sampler)
+    tokens, logprobs = steer.sample(
+        logits, weights, seed=seeds, row_keys=keys, step=4, return_logprobs=True, backend=backend, **sampler
+    )
+    assert torch.equal(tokens, want_tokens)
+    torch.testing.assert_close(logprobs, want_logprobs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rows_tokens_do_not_depend_on_the_rest_of_the_batch(backend):
+    logits, weights = random_logits((12, 3, 500), scale=0.5), steer_weights(0.2, 0.2, 1)
+    keys = torch.arange(100, 112)
+    full = steer.sample(logits, weights, seed=1, row_keys=keys, step=3, top_k=20, backend=backend)
+    subset = torch.tensor([7, 2, 11])
+    alone = steer.sample(logits[subset], weights, seed=1, row_keys=keys[subset], step=3, top_k=20, backend=backend)
+    assert torch.equal(full[subset], alone)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_row_seeds_and_steps(backend):
+    logits, weights = random_logits((4, 3, 2000), scale=0.2), steer_weights(0.2, 0.2, 1)
+    base = steer.sample(logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=0, backend=backend)
+    same_first = steer.sample(logits, weights, seed=torch.tensor([1, 9, 9, 9]), step=0, backend=backend)
+    assert base[0] == same_first[0]
+    later = steer.sample(logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=torch.tensor([0, 0, 0, 1]), backend=backend)
+    assert torch.equal(base[:3], later[:3])
+    assert not torch.equal(base, steer.sample(logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=1, backend=backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -108,6 +160,10 @@ def test_logprobs_are_those_of_the_sampled_distribution(backend, temperature):
         ({"top_p": 0.0}, "top_p"),
         ({"seed": 1, "generator": torch.Generator()}, "either seed or generator"),
         ({"seed": -1}, "seed"),
+        ({"seed": torch.tensor([1.5])}, "integer tensor"),
+        ({"seed": torch.tensor([1, 2])}, "shape \\[B\\]"),
+        ({"step": 2**32}, "step"),
+        ({"row_keys": torch.zeros(3, dtype=torch.long)}, "row_keys"),
     ],
 )
 def test_bad_sampler_arguments_raise(kwargs, message):

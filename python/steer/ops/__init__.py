@@ -55,8 +55,10 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    seed: int | None = None,
+    seed=None,
     generator: torch.Generator | None = None,
+    row_keys=None,
+    step=0,
     backend: str = "auto",
     return_logprobs: bool = False,
     vocab_size: int | None = None,
@@ -67,8 +69,18 @@ def sample(
     The combined scores (see ``combine``) are divided by ``temperature``, restricted to the
     ``top_k`` best tokens (0: off; ties with the k-th are kept), then to the ``top_p`` nucleus
     (1.0: off), and a token is drawn from the softmax of what is left. ``temperature=0`` is greedy
-    (argmax, lowest id on ties). The same ``seed`` gives the same tokens; ``generator`` lets the
-    caller own the random stream instead.
+    (argmax, lowest id on ties).
+
+    Randomness is counter-based (Philox4x32-10, Gumbel-max; see ``steer.reference``) and keyed by
+    (seed, row key, step, token id), so every backend draws the same tokens, and a row's tokens do
+    not change when the rows around it do.
+
+    Args:
+        seed: an int, or an integer tensor [B] of per-row seeds (may live on the GPU). None draws
+            one from ``generator``, or from torch's global generator (``torch.manual_seed``).
+        row_keys: integer tensor [B] naming each row's stream of noise (e.g. a sample id); default
+            the row's position in the batch.
+        step: int or integer tensor ([] or [B]): the decode step, so each step gets fresh noise.
 
     Returns:
         LongTensor [B] of token ids, or (tokens, logprobs) with ``return_logprobs=True``, where
@@ -76,21 +88,25 @@ def sample(
         were drawn from (for temperature=0: the filtered distribution at temperature 1).
     """
     weights, vocab_size = validate.prepare_combine_inputs(logits, weights, vocab_size, plausibility_alpha)
-    validate.check_sampler_arguments(temperature, top_k, top_p, seed, generator)
+    validate.check_sampling_parameters(temperature, top_k, top_p)
+    batch = logits.shape[0]
+    seeds, keys, steps = validate.sampling_keys(
+        batch, logits.device, seed=seed, generator=generator, row_keys=row_keys, step=step
+    )
     impl = dispatch.resolve(backend, "sample", logits.device)
-    if logits.shape[0] == 0:
+    if batch == 0:
         tokens = torch.empty(0, dtype=torch.long, device=logits.device)
         logprobs = torch.empty(0, dtype=torch.float32, device=logits.device)
     else:
-        if seed is not None:
-            generator = torch.Generator(device=logits.device).manual_seed(seed)
         tokens, logprobs = impl.sample(
             logits,
             weights,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
-            generator=generator,
+            seeds=seeds,
+            row_keys=keys,
+            steps=steps,
             vocab_size=vocab_size,
             plausibility_alpha=plausibility_alpha,
         )

@@ -7,22 +7,39 @@ from types import ModuleType
 
 import torch
 
-# Fastest first: ``backend="auto"`` takes the first one that is available, implements the op and
-# runs on the tensor's device. Each module provides is_available(), DEVICE_TYPES and the ops it has.
+# Each module provides is_available() (runs natively on this machine), DEVICE_TYPES (the tensor
+# devices it takes) and the ops it implements. A module may also provide is_interpreted(): usable
+# when named explicitly although not available natively (Triton under TRITON_INTERPRET=1, for
+# tests), never chosen by "auto" and not listed by backends().
 BACKEND_MODULES = {
     "cuda": "steer.ops.cuda_backend",
+    "triton": "steer.ops.triton_backend",
     "cpp": "steer.ops.cpp_backend",
     "torch": "steer.ops.torch_backend",
 }
 OPS = ("combine", "sample")
 
 
-def _load(name: str) -> ModuleType | None:
+def _import(name: str) -> ModuleType | None:
     try:
-        module = importlib.import_module(BACKEND_MODULES[name])
+        return importlib.import_module(BACKEND_MODULES[name])
     except ImportError:
         return None
-    return module if module.is_available() else None
+
+
+def _load(name: str) -> ModuleType | None:
+    """The backend module if it runs natively here."""
+    module = _import(name)
+    return module if module is not None and module.is_available() else None
+
+
+def _load_explicit(name: str) -> ModuleType | None:
+    """The backend module if it can run at all here, natively or interpreted."""
+    module = _import(name)
+    if module is None:
+        return None
+    interpreted = getattr(module, "is_interpreted", lambda: False)
+    return module if module.is_available() or interpreted() else None
 
 
 def backends(op: str | None = None) -> list[str]:
@@ -52,7 +69,7 @@ def resolve(backend: str, op: str, device: torch.device) -> ModuleType:
         raise RuntimeError(f"no steer backend can run {op} on {device}")  # torch always can: a bug
     if backend not in BACKEND_MODULES:
         raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {list(BACKEND_MODULES)}")
-    module = _load(backend)
+    module = _load_explicit(backend)
     if module is None:
         raise ValueError(f"backend {backend!r} is not available on this machine; available: {backends(op)}")
     if not hasattr(module, op):

@@ -52,16 +52,16 @@ def sample(
     temperature: float,
     top_k: int,
     top_p: float,
-    generator: torch.Generator | None,
+    seeds: torch.Tensor,
+    row_keys: torch.Tensor,
+    steps: torch.Tensor,
     vocab_size: int,
     plausibility_alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (tokens [B], log-probabilities [B] of those tokens under the sampled distribution)."""
+    """Return (tokens [B], log-probabilities [B] of those tokens under the sampled distribution).
+
+    The reference sampler over this backend's combine: the filters, then the Gumbel-max draw with
+    the shared Philox noise (steer.reference), so its tokens are those of every other backend.
+    """
     scores = combine(logits, weights, normalize=False, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha)
-    filtered = reference.filter_scores(scores, temperature=temperature, top_k=top_k, top_p=top_p)
-    if temperature == 0:
-        tokens = scores.argmax(dim=-1)
-    else:
-        tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(1)
-    logprobs = torch.log_softmax(filtered, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-    return tokens, logprobs
+    return reference.draw(scores, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, row_keys=row_keys, steps=steps)

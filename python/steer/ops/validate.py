@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from steer.config import check_plausibility_alpha, check_sampling_parameters
+from steer.config import check_plausibility_alpha, check_sampling_parameters  # noqa: F401 (re-exported)
 from steer.ops import errors
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -76,9 +76,35 @@ def prepare_combine_inputs(logits, weights, vocab_size, plausibility_alpha):
     return per_row_weights(weights, batch, num_streams, logits.device), resolve_vocab_size(vocab_size, padded_vocab)
 
 
-def check_sampler_arguments(temperature, top_k, top_p, seed, generator) -> None:
-    check_sampling_parameters(temperature, top_k, top_p)
+def _per_row_key(name: str, value, batch: int, device, limit: int) -> torch.Tensor:
+    """An int in [0, limit) or an integer tensor [] / [B] (used modulo 2^64) as int64 [B] on device.
+
+    Tensor values are not inspected, so a device tensor costs no synchronisation (CUDA graphs)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype in (torch.bool, torch.complex64, torch.complex128):
+            raise ValueError(f"{name} must be an integer tensor, got {value.dtype}")
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
+            raise ValueError(f"{name} must be a scalar or have shape [B] = [{batch}], got {tuple(value.shape)}")
+        return value.to(device=device, dtype=torch.int64).expand(batch)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise ValueError(f"{name} must be an int in [0, {limit}) or an integer tensor, got {value!r}")
+    return torch.full((batch,), value, dtype=torch.int64, device=device)
+
+
+def sampling_keys(batch: int, device, *, seed, generator, row_keys, step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(seeds, row_keys, steps) as int64 [B] on ``device``: what keys each row's Philox noise.
+
+    No seed: one is drawn from ``generator`` (or torch's global generator, so torch.manual_seed
+    makes runs repeatable). No row_keys: each row's position in the batch.
+    """
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seed is None:
+        draw_device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=draw_device))
+    seeds = _per_row_key("seed", seed, batch, device, 2**63)
+    keys = torch.arange(batch, device=device) if row_keys is None else _per_row_key("row_keys", row_keys, batch, device, 2**63)
+    steps = _per_row_key("step", step, batch, device, 2**32)
+    return seeds, keys, steps
