@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import steer
+from backend_devices import run
 from steer import reference, steer_weights
 
 BACKENDS = steer.backends("combine")
@@ -39,7 +40,7 @@ def assert_matches_reference(got, logits, weights, **kwargs):
 @pytest.mark.parametrize("normalize", [True, False])
 def test_matches_reference_over_shapes(backend, shape, normalize):
     logits, weights = random_logits(shape), random_weights(shape[0], shape[1])
-    got = steer.combine(logits, weights, normalize=normalize, backend=backend)
+    got = run(steer.combine, logits, weights, normalize=normalize, backend=backend)
     assert_matches_reference(got, logits, weights, normalize=normalize)
 
 
@@ -48,14 +49,14 @@ def test_matches_reference_over_shapes(backend, shape, normalize):
 @pytest.mark.parametrize("per_row", [False, True])
 def test_matches_reference_over_dtypes_and_weight_layouts(backend, dtype, per_row):
     logits, weights = random_logits((5, 4, 333), dtype), random_weights(5, 4, per_row=per_row)
-    assert_matches_reference(steer.combine(logits, weights, backend=backend), logits, weights)
+    assert_matches_reference(run(steer.combine, logits, weights, backend=backend), logits, weights)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_logits(backend):
     logits = random_logits((3, 6, 120))[:, ::2, ::3]  # strided streams and vocabulary
     weights = random_weights(3, 3)
-    assert_matches_reference(steer.combine(logits, weights, backend=backend), logits, weights)
+    assert_matches_reference(run(steer.combine, logits, weights, backend=backend), logits, weights)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -66,7 +67,7 @@ def test_minus_inf_rules(backend):
     logits[2, 3, 7] = -math.inf  # a negative stream -> floored, finite
     logits[2, 2, 9] = -math.inf  # a stream of weight 0 -> ignored
     weights = torch.tensor([[1.2, -0.2, -0.1, -0.1], [1.2, -0.2, -0.1, -0.1], [1.2, -0.2, 0.0, -0.2]])
-    got = steer.combine(logits, weights, backend=backend)
+    got = run(steer.combine, logits, weights, backend=backend)
     assert_matches_reference(got, logits, weights)
     assert got[0, 5] == -math.inf and torch.isfinite(got[0, :5]).all()
     assert torch.isfinite(got[1:]).all()
@@ -76,7 +77,7 @@ def test_minus_inf_rules(backend):
 def test_padded_vocabulary_is_never_kept(backend):
     logits, weights = random_logits((2, 3, 70)), steer_weights(0.2, 0.2, 1)
     logits[:, :, 64:] = 100.0  # padded LM-head rows with large garbage
-    got = steer.combine(logits, weights, vocab_size=64, backend=backend)
+    got = run(steer.combine, logits, weights, vocab_size=64, backend=backend)
     assert torch.isneginf(got[:, 64:]).all()
     assert_matches_reference(got, logits, weights, vocab_size=64)
 
@@ -84,7 +85,7 @@ def test_padded_vocabulary_is_never_kept(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_plausibility_floor(backend):
     logits, weights = random_logits((3, 3, 200)), steer_weights(0.5, 0.5, 1)
-    got = steer.combine(logits, weights, plausibility_alpha=0.1, backend=backend)
+    got = run(steer.combine, logits, weights, plausibility_alpha=0.1, backend=backend)
     assert_matches_reference(got, logits, weights, plausibility_alpha=0.1)
     assert torch.isneginf(got).any()
 
@@ -95,7 +96,7 @@ def test_nan_or_posinf_raises(backend, bad):
     logits = random_logits((3, 4, 40))
     logits[2, 1, 13] = bad
     with pytest.raises(ValueError, match="row 2, stream 1"):
-        steer.combine(logits, steer_weights(0.2, 0.2, 2), backend=backend)
+        run(steer.combine, logits, steer_weights(0.2, 0.2, 2), backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,7 +104,7 @@ def test_row_without_any_possible_token_raises(backend):
     logits = random_logits((2, 2, 8))
     logits[1, 0] = -math.inf
     with pytest.raises(ValueError, match="row 1 has no token"):
-        steer.combine(logits, steer_weights(0.2, 0.0, 0), backend=backend)
+        run(steer.combine, logits, steer_weights(0.2, 0.0, 0), backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,7 @@ def test_garbage_in_padding_columns_is_ignored(backend):
     logits, weights = random_logits((2, 3, 20)), steer_weights(0.2, 0.2, 1)
     logits[0, 1, 17] = math.nan
     logits[1, 0, 19] = math.inf
-    got = steer.combine(logits, weights, vocab_size=16, backend=backend)
+    got = run(steer.combine, logits, weights, vocab_size=16, backend=backend)
     assert_matches_reference(got, logits, weights, vocab_size=16)
 
 
@@ -153,5 +154,5 @@ def test_plausibility_reads_the_raw_expert_stream_even_with_a_negative_weight(ba
     logits[:, 0, :5] = -math.inf
     weights = torch.tensor([-0.5, 1.5])
     assert_matches_reference(
-        steer.combine(logits, weights, plausibility_alpha=0.2, backend=backend), logits, weights, plausibility_alpha=0.2
+        run(steer.combine, logits, weights, plausibility_alpha=0.2, backend=backend), logits, weights, plausibility_alpha=0.2
     )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import steer
+from backend_devices import run
 from steer import reference, steer_weights
 
 BACKENDS = steer.backends("sample")
@@ -23,14 +24,14 @@ def random_logits(shape, dtype=torch.float32, seed=0, scale=3.0):
 def test_greedy_is_exactly_the_reference_argmax(backend, shape, dtype):
     logits = random_logits(shape, dtype)
     weights = steer_weights(0.3, 0.4, shape[1] - 2) if shape[1] >= 2 else [1.0]
-    got = steer.sample(logits, weights, temperature=0, top_k=10, backend=backend)
+    got = run(steer.sample, logits, weights, temperature=0, top_k=10, backend=backend)
     assert got.dtype == torch.long
     assert torch.equal(got, reference.greedy(logits, weights))
 
 
 def draw_frequencies(backend, logits, weights, **sampler):
     batch = logits.expand(DRAWS, *logits.shape[1:])
-    tokens = steer.sample(batch, weights, seed=1234, backend=backend, **sampler)
+    tokens = run(steer.sample, batch, weights, seed=1234, backend=backend, **sampler)
     return torch.bincount(tokens, minlength=logits.shape[-1]).double() / DRAWS
 
 
@@ -73,25 +74,25 @@ def test_near_one_hot_always_picks_the_peak(backend):
     peaks = torch.tensor([0, 499, 17, 250, 3, 42])
     logits[torch.arange(6), 0, peaks] += 80.0
     for seed in range(5):
-        tokens = steer.sample(logits, steer_weights(0.2, 0.2, 1), seed=seed, backend=backend)
+        tokens = run(steer.sample, logits, steer_weights(0.2, 0.2, 1), seed=seed, backend=backend)
         assert torch.equal(tokens, peaks)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_tokens(backend):
     logits, weights = random_logits((16, 3, 1000), scale=0.5), steer_weights(0.2, 0.2, 1)
-    first = steer.sample(logits, weights, seed=7, top_p=0.95, backend=backend)
-    assert torch.equal(first, steer.sample(logits, weights, seed=7, top_p=0.95, backend=backend))
-    assert not torch.equal(first, steer.sample(logits, weights, seed=8, top_p=0.95, backend=backend))
+    first = run(steer.sample, logits, weights, seed=7, top_p=0.95, backend=backend)
+    assert torch.equal(first, run(steer.sample, logits, weights, seed=7, top_p=0.95, backend=backend))
+    assert not torch.equal(first, run(steer.sample, logits, weights, seed=8, top_p=0.95, backend=backend))
     from_generator = [
-        steer.sample(logits, weights, generator=torch.Generator().manual_seed(3), top_p=0.95, backend=backend)
+        run(steer.sample, logits, weights, generator=torch.Generator().manual_seed(3), top_p=0.95, backend=backend)
         for _ in range(2)
     ]
     assert torch.equal(*from_generator)
     torch.manual_seed(5)
-    global_first = steer.sample(logits, weights, top_p=0.95, backend=backend)
+    global_first = run(steer.sample, logits, weights, top_p=0.95, backend=backend)
     torch.manual_seed(5)
-    assert torch.equal(global_first, steer.sample(logits, weights, top_p=0.95, backend=backend))
+    assert torch.equal(global_first, run(steer.sample, logits, weights, top_p=0.95, backend=backend))
 
 
 SAMPLERS = [
@@ -111,7 +112,7 @@ def test_tokens_are_exactly_the_reference_draws(backend, sampler, shape):
     weights = steer_weights(0.3, 0.4, shape[1] - 2) if shape[1] >= 2 else [1.0]
     seeds, keys, steps = torch.full((shape[0],), 99), torch.arange(shape[0]) * 7 + 1, torch.full((shape[0],), 4)
     want_tokens, want_logprobs = reference.sample(logits, weights, seeds=seeds, row_keys=keys, steps=steps, **sampler)
-    tokens, logprobs = steer.sample(
+    tokens, logprobs = run(steer.sample, 
         logits, weights, seed=seeds, row_keys=keys, step=4, return_logprobs=True, backend=backend, **sampler
     )
     assert torch.equal(tokens, want_tokens)
@@ -122,28 +123,28 @@ def test_tokens_are_exactly_the_reference_draws(backend, sampler, shape):
 def test_a_rows_tokens_do_not_depend_on_the_rest_of_the_batch(backend):
     logits, weights = random_logits((12, 3, 500), scale=0.5), steer_weights(0.2, 0.2, 1)
     keys = torch.arange(100, 112)
-    full = steer.sample(logits, weights, seed=1, row_keys=keys, step=3, top_k=20, backend=backend)
+    full = run(steer.sample, logits, weights, seed=1, row_keys=keys, step=3, top_k=20, backend=backend)
     subset = torch.tensor([7, 2, 11])
-    alone = steer.sample(logits[subset], weights, seed=1, row_keys=keys[subset], step=3, top_k=20, backend=backend)
+    alone = run(steer.sample, logits[subset], weights, seed=1, row_keys=keys[subset], step=3, top_k=20, backend=backend)
     assert torch.equal(full[subset], alone)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_per_row_seeds_and_steps(backend):
     logits, weights = random_logits((4, 3, 2000), scale=0.2), steer_weights(0.2, 0.2, 1)
-    base = steer.sample(logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=0, backend=backend)
-    same_first = steer.sample(logits, weights, seed=torch.tensor([1, 9, 9, 9]), step=0, backend=backend)
+    base = run(steer.sample, logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=0, backend=backend)
+    same_first = run(steer.sample, logits, weights, seed=torch.tensor([1, 9, 9, 9]), step=0, backend=backend)
     assert base[0] == same_first[0]
-    later = steer.sample(logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=torch.tensor([0, 0, 0, 1]), backend=backend)
+    later = run(steer.sample, logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=torch.tensor([0, 0, 0, 1]), backend=backend)
     assert torch.equal(base[:3], later[:3])
-    assert not torch.equal(base, steer.sample(logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=1, backend=backend))
+    assert not torch.equal(base, run(steer.sample, logits, weights, seed=torch.tensor([1, 2, 3, 4]), step=1, backend=backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_logprobs_are_those_of_the_sampled_distribution(backend, temperature):
     logits, weights = random_logits((8, 3, 64)), steer_weights(0.2, 0.2, 1)
-    tokens, logprobs = steer.sample(
+    tokens, logprobs = run(steer.sample, 
         logits, weights, temperature=temperature, top_k=10, seed=3, return_logprobs=True, backend=backend
     )
     probs = reference.probabilities(logits, weights, temperature=temperature or 1.0, top_k=10)
