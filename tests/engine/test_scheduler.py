@@ -1,0 +1,85 @@
+"""The scheduler over the block manager, with a fake decode loop (no model)."""
+
+import pytest
+
+from steer.engine.block_manager import BlockManager
+from steer.engine.scheduler import Scheduler
+from steer.engine.sequence import GroupStatus, Request, SampleGroup
+
+
+def group(group_id, prompt_len=6, negatives=((50, 51, 52),), max_new_tokens=8, eos=None):
+    request = Request(list(range(1, prompt_len + 1)), [list(n) for n in negatives], max_new_tokens, eos_token_id=eos)
+    return SampleGroup.for_request(group_id, request, with_base=True, with_negatives=True)
+
+
+def run_to_completion(scheduler, groups, token_of=lambda g: 7, max_steps=10_000):
+    """Admit, 'prefill', then decode one token per running group per step until all finish."""
+    finished, peak_used = [], 0
+    for g in groups:
+        scheduler.add(g)
+    for _ in range(max_steps):
+        if not scheduler.has_work:
+            break
+        pending = scheduler.reserve_decode_slots()
+        admitted = scheduler.admit()
+        peak_used = max(peak_used, scheduler.blocks.num_used_blocks)
+        for g in pending + admitted:
+            g.append(token_of(g))
+            if g.status is GroupStatus.FINISHED:
+                scheduler.finish(g)
+                finished.append(g)
+    return finished, peak_used
+
+
+def test_every_group_completes_under_memory_pressure():
+    manager = BlockManager(num_blocks=12, block_size=4)
+    scheduler = Scheduler(manager, max_rows=64)
+    groups = [group(i) for i in range(10)]
+    finished, peak = run_to_completion(scheduler, groups)
+    assert sorted(g.group_id for g in finished) == list(range(10))
+    assert all(len(g.generated) == 8 and g.finish_reason == "length" for g in finished)
+    assert peak <= 12 and manager.num_free_blocks == 12
+
+
+def test_eos_finishes_early():
+    scheduler = Scheduler(BlockManager(num_blocks=40, block_size=4), max_rows=8)
+    finished, _ = run_to_completion(scheduler, [group(0, eos=7)])
+    assert finished[0].finish_reason == "eos" and finished[0].generated == [7]
+
+
+def test_a_group_that_can_never_fit_is_refused_clearly():
+    scheduler = Scheduler(BlockManager(num_blocks=4, block_size=4), max_rows=8)
+    with pytest.raises(ValueError, match="needs 11 KV blocks at its longest"):
+        scheduler.add(group(0, prompt_len=6, max_new_tokens=8))
+
+
+def test_rows_budget_limits_the_batch():
+    scheduler = Scheduler(BlockManager(num_blocks=400, block_size=4), max_rows=7)
+    for i in range(4):
+        scheduler.add(group(i))  # 3 streams each
+    assert len(scheduler.admit()) == 2
+    with pytest.raises(ValueError, match="streams but a step holds"):
+        scheduler.add(group(9, negatives=((1,), (2,), (3,), (4,), (5,), (6,))))
+
+
+def test_prompt_blocks_are_shared_across_groups_of_one_prompt():
+    manager = BlockManager(num_blocks=400, block_size=4)
+    scheduler = Scheduler(manager, max_rows=64)
+    for i in range(8):
+        scheduler.add(group(i, prompt_len=40, negatives=((100 + i, 101, 102),)))
+    scheduler.admit()
+    unshared = 8 * (manager.blocks_needed(40) * 2 + 1)
+    assert manager.num_used_blocks < 0.6 * unshared
+
+
+def test_request_validation():
+    with pytest.raises(ValueError, match="prompt_ids is empty"):
+        Request([], [[1]], 4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Request([1], [[1]], 0)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        Request([1], [[1]], 4, min_new_tokens=5)
+    with pytest.raises(ValueError, match="negative_ids\\[1\\]"):
+        Request([1], [[1], []], 4)
+    with pytest.raises(ValueError, match="no negative_ids"):
+        SampleGroup.for_request(0, Request([1], [], 4), with_base=True, with_negatives=True)
