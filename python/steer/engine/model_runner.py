@@ -1,0 +1,207 @@
+"""One batched forward of a Hugging Face causal LM over many streams, with KV in paged blocks.
+
+The runner drives the model's own submodules (embeddings, norms, projections, MLPs, LM head:
+the weights of the module the user passed) through its own attention, which reads and writes a
+paged KV pool instead of per-sequence caches. Streams of different lengths, each with only its
+new tokens to compute (a whole prompt at prefill, one token at decode, or the suffix after a
+cached prefix), run in one forward: the projections and MLPs see all new tokens as one [T, H]
+matrix, so adding rows costs little while a step is bound by reading the weights.
+
+Supported: the Llama family (Llama, Mistral, Qwen2: RMSNorm, rotary positions, grouped-query
+attention) and GPT-2. Anything else raises a ValueError naming the model type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+GPT2_FAMILY = ("gpt2",)
+
+
+@dataclass(frozen=True)
+class KVShape:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+
+class PagedKVCache:
+    """K and V of every layer in one pool of slots; slot = block_id * block_size + offset."""
+
+    def __init__(self, shape: KVShape, num_blocks: int, block_size: int, *, dtype: torch.dtype, device) -> None:
+        self.shape, self.block_size = shape, block_size
+        size = (shape.num_layers, num_blocks * block_size, shape.num_kv_heads, shape.head_dim)
+        self.k = torch.zeros(size, dtype=dtype, device=device)
+        self.v = torch.zeros(size, dtype=dtype, device=device)
+
+    @staticmethod
+    def bytes_per_block(shape: KVShape, block_size: int, dtype: torch.dtype) -> int:
+        element = torch.tensor([], dtype=dtype).element_size()
+        return 2 * shape.num_layers * block_size * shape.num_kv_heads * shape.head_dim * element
+
+
+def slots_of(block_ids: list[int], block_size: int, start: int, stop: int) -> list[int]:
+    """The cache slots of token positions [start, stop) of a stream with these blocks."""
+    return [block_ids[p // block_size] * block_size + p % block_size for p in range(start, stop)]
+
+
+@dataclass
+class StepBatch:
+    """What one forward computes: for each row, its new tokens, and where every key lives.
+
+    Rows are streams; row r computes ``query_lengths[r]`` new tokens at the end of a context of
+    ``context_lengths[r]`` tokens (the new ones included). Tokens are flattened row after row.
+    """
+
+    input_ids: torch.Tensor  # [T] the new tokens of every row
+    positions: torch.Tensor  # [T]
+    write_slots: torch.Tensor  # [T] where each new token's K and V go
+    key_slots: torch.Tensor  # [R, L_max] the slots of each row's whole context (padding: 0)
+    attention_mask: torch.Tensor  # [R, 1, Q_max, L_max] True where a query may attend a key
+    query_index: torch.Tensor  # [R, Q_max] index into the flat tokens (padding: 0)
+    query_valid: torch.Tensor  # [R, Q_max] bool
+    last_token: torch.Tensor  # [R] flat index of each row's last new token
+
+    @classmethod
+    def build(cls, rows: list[tuple[list[int], list[int], int]], block_size: int, device) -> StepBatch:
+        """rows: (block_ids, all token ids of the stream, number of new tokens at its end)."""
+        input_ids, positions, write_slots, key_slots = [], [], [], []
+        query_lengths, context_lengths = [], []
+        for block_ids, tokens, num_new in rows:
+            length = len(tokens)
+            input_ids += tokens[length - num_new :]
+            positions += range(length - num_new, length)
+            write_slots += slots_of(block_ids, block_size, length - num_new, length)
+            key_slots.append(slots_of(block_ids, block_size, 0, length))
+            query_lengths.append(num_new)
+            context_lengths.append(length)
+        num_rows, q_max, l_max = len(rows), max(query_lengths), max(context_lengths)
+        starts = torch.tensor([0] + query_lengths[:-1]).cumsum(0)
+        q_offsets = torch.arange(q_max)
+        query_valid = q_offsets < torch.tensor(query_lengths).unsqueeze(1)
+        query_index = torch.where(query_valid, starts.unsqueeze(1) + q_offsets, 0)
+        context = torch.tensor(context_lengths).unsqueeze(1)
+        query_position = context - torch.tensor(query_lengths).unsqueeze(1) + q_offsets  # [R, Q]
+        key_position = torch.arange(l_max)
+        mask = (key_position <= query_position.unsqueeze(-1)) & (key_position < context.unsqueeze(-1))
+        padded_slots = torch.zeros(num_rows, l_max, dtype=torch.long)
+        for row, slots in enumerate(key_slots):
+            padded_slots[row, : len(slots)] = torch.tensor(slots)
+        to = dict(device=device)
+        return cls(
+            input_ids=torch.tensor(input_ids, **to),
+            positions=torch.tensor(positions, **to),
+            write_slots=torch.tensor(write_slots, **to),
+            key_slots=padded_slots.to(device),
+            attention_mask=mask.unsqueeze(1).to(device),
+            query_index=query_index.to(device),
+            query_valid=query_valid.to(device),
+            last_token=(starts + torch.tensor(query_lengths) - 1).to(device),
+        )
+
+
+def paged_attention(q, k, v, cache: PagedKVCache, layer: int, batch: StepBatch, scale: float) -> torch.Tensor:
+    """Write the new k, v [T, Hkv, D] into the pool, then attend q [T, H, D] over each row's
+    context; returns [T, H, D]. On the CPU: a gather of each row's keys and torch SDPA."""
+    cache.k[layer, batch.write_slots] = k.to(cache.k.dtype)
+    cache.v[layer, batch.write_slots] = v.to(cache.v.dtype)
+    keys = cache.k[layer, batch.key_slots].transpose(1, 2).to(q.dtype)  # [R, Hkv, L, D]
+    values = cache.v[layer, batch.key_slots].transpose(1, 2).to(q.dtype)
+    queries = q[batch.query_index].transpose(1, 2)  # [R, H, Q, D]
+    groups = queries.shape[1] // keys.shape[1]
+    if groups > 1:
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=batch.attention_mask, scale=scale)
+    out = out.transpose(1, 2)  # [R, Q, H, D]
+    return out[batch.query_valid]  # [T, H, D], rows in flat order
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class LlamaFamilyRunner:
+    """Llama, Mistral, Qwen2: pre-norm blocks, rotary positions, grouped-query attention."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.decoder = model.model
+        config = model.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.kv_shape = KVShape(config.num_hidden_layers, self.num_kv_heads, self.head_dim)
+
+    def _attention(self, layer_index, attention, x, cos, sin, cache, batch):
+        tokens = x.shape[0]
+        q = attention.q_proj(x).view(tokens, self.num_heads, self.head_dim)
+        k = attention.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        v = attention.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        out = paged_attention(q, k, v, cache, layer_index, batch, attention.scaling)
+        return attention.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+
+    @torch.no_grad()
+    def forward(self, cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
+        """Logits [R, V] (float32) after each row's last new token."""
+        x = self.decoder.embed_tokens(batch.input_ids)
+        cos, sin = self.decoder.rotary_emb(x.unsqueeze(0), batch.positions.unsqueeze(0))
+        cos, sin = cos[0].unsqueeze(1).to(x.dtype), sin[0].unsqueeze(1).to(x.dtype)  # [T, 1, D]
+        for index, layer in enumerate(self.decoder.layers):
+            x = x + self._attention(index, layer.self_attn, layer.input_layernorm(x), cos, sin, cache, batch)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = self.decoder.norm(x[batch.last_token])
+        return self.model.lm_head(last).float()
+
+
+class GPT2Runner:
+    """GPT-2: learned positions, LayerNorm, fused QKV projection (Conv1D), tied LM head."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.transformer = model.transformer
+        config = model.config
+        if config.scale_attn_by_inverse_layer_idx or config.reorder_and_upcast_attn:
+            raise ValueError("GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn is not supported")
+        self.num_heads = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
+        self.kv_shape = KVShape(config.n_layer, self.num_heads, self.head_dim)
+
+    def _attention(self, layer_index, attention, x, cache, batch):
+        tokens = x.shape[0]
+        q, k, v = attention.c_attn(x).split(self.num_heads * self.head_dim, dim=-1)
+        shape = (tokens, self.num_heads, self.head_dim)
+        out = paged_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), cache, layer_index, batch, self.scale)
+        return attention.c_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+
+    @torch.no_grad()
+    def forward(self, cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
+        x = self.transformer.wte(batch.input_ids) + self.transformer.wpe(batch.positions)
+        for index, block in enumerate(self.transformer.h):
+            x = x + self._attention(index, block.attn, block.ln_1(x), cache, batch)
+            x = x + block.mlp(block.ln_2(x))
+        last = self.transformer.ln_f(x[batch.last_token])
+        return self.model.lm_head(last).float()
+
+
+def runner_for(model) -> LlamaFamilyRunner | GPT2Runner:
+    """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    inner = get_base_model() if callable(get_base_model) else model
+    model_type = getattr(inner.config, "model_type", None)
+    if model_type in LLAMA_FAMILY:
+        return LlamaFamilyRunner(inner)
+    if model_type in GPT2_FAMILY:
+        return GPT2Runner(inner)
+    raise ValueError(
+        f"the steer engine runs {LLAMA_FAMILY + GPT2_FAMILY} models, got model_type={model_type!r}; "
+        "use steer.SteerLogitsProcessor with model.generate for other architectures"
+    )
