@@ -91,3 +91,10 @@ def test_eight_samples_of_one_prompt_use_under_sixty_percent_of_unshared_blocks(
             manager.allocate(namespace, tokens)
             unshared += manager.blocks_needed(len(tokens))
     assert manager.num_used_blocks < 0.6 * unshared
+
+
+def test_a_rolled_back_allocation_leaves_no_cached_prefix_behind():
+    manager = BlockManager(num_blocks=10, block_size=2)
+    table = manager.allocate("expert", [1, 2, 3, 4])
+    manager.free(table, computed=False)
+    assert manager.allocate("expert", [1, 2, 3, 4]).num_cached_tokens == 0

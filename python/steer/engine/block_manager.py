@@ -151,12 +151,22 @@ class BlockManager:
             last = self.blocks[table.block_ids[-1]]
             self._register_full(table, last, tuple(tokens_so_far[-self.block_size :]))
 
-    def free(self, table: BlockTable) -> None:
-        """Release a stream's blocks; blocks no stream uses go back to the free list, last-used last."""
+    def free(self, table: BlockTable, *, computed: bool = True) -> None:
+        """Release a stream's blocks; blocks no stream uses go back to the free list, last-used last.
+
+        Blocks are registered in the prefix cache when allocated, on the promise that the step
+        computes their KV. ``computed=False`` (an allocation rolled back before any forward)
+        withdraws that promise: blocks nobody else holds forget their key, so no later stream
+        takes their never-written KV for a cached prefix.
+        """
         for block_id in reversed(table.block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
+                if not computed and block.key is not None:
+                    if self._cached.get(block.key) == block_id:
+                        del self._cached[block.key]
+                    block.key = None
                 self._free[block_id] = None
         table.block_ids.clear()
         table.num_tokens = 0

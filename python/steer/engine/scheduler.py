@@ -44,10 +44,10 @@ class Scheduler:
     def _rows(self) -> int:
         return sum(g.num_streams for g in self.running)
 
-    def _release(self, group: SampleGroup) -> None:
+    def _release(self, group: SampleGroup, *, computed: bool = True) -> None:
         for stream in group.streams:
             if stream.table is not None:
-                self.blocks.free(stream.table)
+                self.blocks.free(stream.table, computed=computed)
                 stream.table = None
 
     def _try_allocate(self, group: SampleGroup) -> bool:
@@ -55,7 +55,7 @@ class Scheduler:
             for stream in group.streams:
                 stream.table = self.blocks.allocate(stream.namespace, group.tokens(stream))
         except OutOfBlocks:
-            self._release(group)
+            self._release(group, computed=False)  # no forward ran: their KV was never written
             return False
         return True
 

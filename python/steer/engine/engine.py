@@ -1,0 +1,177 @@
+"""SteerEngine: STEER decoding of many requests at once over one paged KV cache.
+
+A step: the scheduler picks the groups; the expert runs one forward over every prompt stream and
+negative stream of those groups, the base one forward over their base streams; the [G, K, V]
+logits go to the fused sampler; the token joins all K streams of its group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from steer.config import SteerConfig
+from steer.engine.block_manager import BlockManager
+from steer.engine.model_runner import PagedKVCache, StepBatch, runner_for
+from steer.engine.scheduler import Scheduler
+from steer.engine.sequence import GroupStatus, Request, SampleGroup, StreamRole
+from steer.hf.processor import shared_vocabulary_size
+from steer.ops import sample
+
+DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Result:
+    token_ids: list[int]
+    finish_reason: str  # "eos" or "length"
+
+
+class SteerEngine:
+    """Batched STEER decoding of Hugging Face causal LMs (Llama family, GPT-2).
+
+    Args:
+        expert: the fine-tuned model.
+        base: the model it was tuned from (same tokenizer and architecture).
+        config: the STEER and sampling hyperparameters (``SteerConfig``).
+        kv_cache_memory: bytes of the paged KV pool shared by every stream of both models.
+        block_size: tokens per KV block; prefixes are shared at this granularity.
+        max_batch_rows: most streams (rows) in one forward.
+        vocab_size: the tokenizer size, when expert and base LM heads are padded differently.
+    """
+
+    def __init__(
+        self,
+        expert,
+        base,
+        *,
+        config: SteerConfig | None = None,
+        kv_cache_memory: int = DEFAULT_KV_CACHE_MEMORY,
+        block_size: int = 16,
+        max_batch_rows: int = 64,
+        vocab_size: int | None = None,
+        backend: str = "auto",
+    ) -> None:
+        self.config = config if config is not None else SteerConfig()
+        self.vocab_size = shared_vocabulary_size(expert, base, vocab_size)
+        self.expert, self.base = runner_for(expert), runner_for(base)
+        if self.expert.kv_shape != self.base.kv_shape:
+            raise ValueError(f"expert and base must share an architecture: KV shapes {self.expert.kv_shape} vs {self.base.kv_shape}")
+        parameter = next(expert.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        per_block = PagedKVCache.bytes_per_block(self.expert.kv_shape, block_size, self.dtype)
+        num_blocks = kv_cache_memory // per_block
+        if num_blocks < 1:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no KV block of {per_block} bytes")
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.cache = PagedKVCache(self.expert.kv_shape, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.max_batch_rows = max_batch_rows
+        self.backend = backend
+
+    # -- public ------------------------------------------------------------------------------------
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """Decode every request to EOS or its length limit; results in request order."""
+        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows)
+        groups = [self._group(index, request) for index, request in enumerate(requests)]
+        for group in groups:
+            scheduler.add(group)
+        # Requests without a seed share one drawn per call (torch.manual_seed makes it repeatable);
+        # their noise still differs, since it is keyed by the group as well.
+        default_seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**62, ()))
+        while scheduler.has_work:
+            self._step(scheduler, default_seed)
+        return [Result(list(g.generated), g.finish_reason) for g in groups]
+
+    # -- one step ----------------------------------------------------------------------------------
+
+    def _group(self, index: int, request: Request) -> SampleGroup:
+        if not isinstance(request, Request):
+            raise ValueError(f"requests[{index}] must be a steer.Request, got {type(request).__name__}")
+        with_negatives = self.config.eta != 0
+        return SampleGroup.for_request(index, request, with_base=self.config.gamma != 0, with_negatives=with_negatives)
+
+    def _step(self, scheduler: Scheduler, default_seed: int) -> None:
+        decoding = scheduler.reserve_decode_slots()
+        prefilling = scheduler.admit()
+        groups = decoding + prefilling
+        if not groups:
+            raise RuntimeError("the scheduler admitted nothing although work is waiting")  # add() forbids it
+        new_tokens = {id(g): 1 for g in decoding}
+        for group in prefilling:
+            new_tokens[id(group)] = None  # everything not already cached
+        logits = self._forward(groups, new_tokens)
+        tokens = self._sample(groups, logits, default_seed)
+        for group, token in zip(groups, tokens.tolist()):
+            group.append(token)
+            if group.status is GroupStatus.FINISHED:
+                scheduler.finish(group)
+
+    def _rows(self, groups, new_tokens, namespace: str) -> tuple[list[tuple], list[tuple[int, int]]]:
+        """The StepBatch rows of one model and, for each, (group position, stream position)."""
+        rows, where = [], []
+        for g_index, group in enumerate(groups):
+            for s_index, stream in enumerate(group.streams):
+                if stream.namespace != namespace:
+                    continue
+                tokens = group.tokens(stream)
+                num_new = new_tokens[id(group)] or max(1, len(tokens) - stream.table.num_cached_tokens)
+                rows.append((stream.table.block_ids, tokens, num_new))
+                where.append((g_index, s_index))
+        return rows, where
+
+    def _forward(self, groups: list[SampleGroup], new_tokens) -> torch.Tensor:
+        """Logits [G, K_max, V] of every stream; streams a group lacks are zeros (weight 0)."""
+        k_max = max(g.num_streams for g in groups)
+        logits = torch.zeros(len(groups), k_max, self.vocab_size, dtype=torch.float32, device=self.device)
+        for namespace, runner in (("expert", self.expert), ("base", self.base)):
+            rows, where = self._rows(groups, new_tokens, namespace)
+            if not rows:
+                continue
+            out = runner.forward(self.cache, StepBatch.build(rows, self.blocks.block_size, self.device))
+            g_index, s_index = (torch.tensor(i, device=self.device) for i in zip(*where))
+            logits[g_index, s_index] = out[:, : self.vocab_size]
+        return logits
+
+    def _weights(self, group: SampleGroup, k_max: int) -> list[float]:
+        gamma, eta = self.config.gamma, self.config.eta
+        negatives = sum(s.role is StreamRole.NEGATIVE for s in group.streams)
+        weights = []
+        for stream in group.streams:
+            if stream.role is StreamRole.PROMPT:
+                weights.append(1.0 + gamma)
+            elif stream.role is StreamRole.BASE:
+                weights.append(-gamma)
+            else:
+                weights.append(-eta / negatives)
+        scale = 1.0 / (1.0 - eta) if self.config.rescale else 1.0
+        return [w * scale for w in weights] + [0.0] * (k_max - len(weights))
+
+    def _sample(self, groups: list[SampleGroup], logits: torch.Tensor, default_seed: int) -> torch.Tensor:
+        config = self.config
+        for g_index, group in enumerate(groups):
+            request = group.request
+            if request.eos_token_id is not None and len(group.generated) < request.min_new_tokens:
+                logits[g_index, 0, request.eos_token_id] = -math.inf  # no EOS before min_new_tokens
+        weights = torch.tensor([self._weights(g, logits.shape[1]) for g in groups], device=self.device)
+        seeds = torch.tensor([default_seed if g.request.seed is None else g.request.seed for g in groups], device=self.device)
+        return sample(
+            logits,
+            weights,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            seed=seeds,
+            row_keys=torch.tensor([self._row_key(g) for g in groups], device=self.device),
+            step=torch.tensor([len(g.generated) for g in groups], device=self.device),
+            plausibility_alpha=config.plausibility_alpha,
+            backend=self.backend,
+        )
+
+    @staticmethod
+    def _row_key(group: SampleGroup) -> int:
+        """A request with its own seed owns its noise outright (key 0), so its tokens are the same
+        in any batch; requests sharing the default seed are told apart by their position."""
+        return 0 if group.request.seed is not None else group.group_id

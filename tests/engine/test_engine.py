@@ -1,0 +1,75 @@
+"""SteerEngine end to end against the uncached, one-sample-at-a-time formula."""
+
+import pytest
+import torch
+from tiny_models import EOS, PAD, expert_and_base, left_padded
+
+from steer import SteerConfig
+from steer.engine.engine import SteerEngine
+from steer.engine.sequence import Request
+from steer.hf.uncached import steer_generate_uncached
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 12, 13, 14], [40]]
+NEGATIVES = [[[20, 21, 22, 23]], [[30, 31], [40, 41, 42, 43], [44]], [[50]], [[60, 61], [62]]]
+NEW = 10
+
+
+def requests(eos=EOS):
+    return [Request(p, n, NEW, eos_token_id=eos) for p, n in zip(PROMPTS, NEGATIVES)]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("gamma, eta", [(0.5, 0.6), (0.0, 0.8), (0.7, 0.0)])
+def test_greedy_engine_is_the_formula_for_a_mixed_batch(arch, gamma, eta):
+    expert, base = expert_and_base(arch)
+    config = SteerConfig(gamma=gamma, eta=eta, temperature=0.0, max_new_tokens=NEW)
+    engine = SteerEngine(expert, base, config=config, block_size=4, kv_cache_memory=2**22)
+    results = engine.generate(requests())
+    for row, result in enumerate(results):
+        negatives = [torch.tensor(n) for n in NEGATIVES[row]]
+        want = steer_generate_uncached(
+            expert, base, torch.tensor(PROMPTS[row]), negatives, gamma=gamma, eta=eta, max_new_tokens=NEW, eos_token_id=EOS
+        )
+        assert result.token_ids == want.tolist(), f"row {row}"
+        assert result.finish_reason == ("eos" if want[-1] == EOS else "length")
+
+
+def test_gamma_eta_zero_is_plain_greedy_decoding():
+    expert, base = expert_and_base("llama")
+    engine = SteerEngine(expert, base, config=SteerConfig(gamma=0.0, eta=0.0, num_negatives=0, temperature=0.0), block_size=4)
+    results = engine.generate([Request(p, [], NEW) for p in PROMPTS])
+    ids, mask = left_padded(PROMPTS)
+    plain = expert.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=None)
+    for row, result in enumerate(results):
+        assert result.token_ids == plain[row, ids.shape[1] :].tolist()
+
+
+def test_every_request_completes_with_a_tiny_kv_budget():
+    expert, base = expert_and_base("gpt2")
+    config = SteerConfig(temperature=0.0)
+    roomy = SteerEngine(expert, base, config=config, block_size=4).generate(requests(eos=None) * 2)
+    per_block = 2 * 2 * 4 * 4 * 8 * 8  # k and v, layers, block size, heads, head dim, float64
+    tight = SteerEngine(expert, base, config=config, block_size=4, kv_cache_memory=30 * per_block, max_batch_rows=16)
+    assert tight.blocks.num_free_blocks == 30
+    assert [r.token_ids for r in tight.generate(requests(eos=None) * 2)] == [r.token_ids for r in roomy]
+
+
+def test_a_request_that_can_never_fit_is_refused():
+    expert, base = expert_and_base("gpt2")
+    per_block = 2 * 2 * 4 * 4 * 8 * 8
+    engine = SteerEngine(expert, base, block_size=4, kv_cache_memory=5 * per_block)
+    with pytest.raises(ValueError, match="KV blocks at its longest"):
+        engine.generate(requests())
+
+
+def test_sampling_is_reproducible_and_independent_of_the_batch():
+    expert, base = expert_and_base("llama")
+    config = SteerConfig(top_k=10, seed=123, max_new_tokens=NEW)
+    batch = SteerEngine(expert, base, config=config, block_size=4).generate(requests())
+    again = SteerEngine(expert, base, config=config, block_size=4).generate(requests())
+    assert batch == again
+    seeded = [Request(p, n, NEW, seed=1000 + i) for i, (p, n) in enumerate(zip(PROMPTS, NEGATIVES))]
+    engine = SteerEngine(expert, base, config=config, block_size=4)
+    together = engine.generate(seeded)
+    alone = engine.generate([seeded[2], seeded[0]])
+    assert alone == [together[2], together[0]]
