@@ -73,3 +73,22 @@ def test_sampling_is_reproducible_and_independent_of_the_batch():
     together = engine.generate(seeded)
     alone = engine.generate([seeded[2], seeded[0]])
     assert alone == [together[2], together[0]]
+
+
+def test_run_keeps_the_batch_full_and_grows_the_pool():
+    from steer.engine.pool import NegativePool
+
+    expert, base = expert_and_base("gpt2")
+    config = SteerConfig(num_negatives=2, seed=7, max_new_tokens=6)
+    engine = SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=9)  # 3 groups of 3 streams
+    pool = NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1)
+    results = list(engine.run([5, 6, 7], 7, pool, separator_ids=[3]))
+    assert len(results) == 7 and len(pool) == 3 + 7
+    for result in results:
+        assert len(result.negative_example_ids) == 2
+        assert all(0 <= i < len(pool) for i in result.negative_example_ids)
+        assert 1 <= len(result.token_ids) <= 6
+    assert any(max(r.negative_example_ids) >= 3 for r in results), "no sample drew an earlier synthetic one"
+    again = list(SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=9).run(
+        [5, 6, 7], 7, NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1), separator_ids=[3]))
+    assert again == results

@@ -8,6 +8,7 @@ logits go to the fused sampler; the token joins all K streams of its group.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from steer.config import SteerConfig
 from steer.engine.block_manager import BlockManager
 from steer.engine.model_runner import PagedKVCache, StepBatch, runner_for
+from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler
 from steer.engine.sequence import GroupStatus, Request, SampleGroup, StreamRole
 from steer.hf.processor import shared_vocabulary_size
@@ -27,6 +29,8 @@ DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
 class Result:
     token_ids: list[int]
     finish_reason: str  # "eos" or "length"
+    negative_example_ids: tuple[int, ...] = ()  # pool indices of the negatives it used (run())
+    seed: int | None = None
 
 
 class SteerEngine:
@@ -78,12 +82,56 @@ class SteerEngine:
         groups = [self._group(index, request) for index, request in enumerate(requests)]
         for group in groups:
             scheduler.add(group)
-        # Requests without a seed share one drawn per call (torch.manual_seed makes it repeatable);
-        # their noise still differs, since it is keyed by the group as well.
-        default_seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**62, ()))
+        default_seed = self._default_seed()
         while scheduler.has_work:
             self._step(scheduler, default_seed)
         return [Result(list(g.generated), g.finish_reason) for g in groups]
+
+    def run(
+        self,
+        prompt_ids: list[int],
+        n: int,
+        pool: NegativePool,
+        *,
+        separator_ids: list[int] = (),
+        min_new_tokens: int = 0,
+        eos_token_id: int | None = None,
+    ) -> Iterator[Result]:
+        """Generate ``n`` samples of one prompt, yielding each as it finishes.
+
+        The batch is kept full: a new sample starts as soon as there is room, drawing
+        ``config.num_negatives`` examples from ``pool`` (joined by ``separator_ids`` in "concat"
+        mode), and every finished sample is added to ``pool`` (without its EOS) before the next
+        one starts. Sample i is seeded with ``config.seed + i`` when the config has a seed, so a
+        run is reproducible.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        config = self.config
+        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows)
+        default_seed = self._default_seed()
+        drawn: dict[int, list[int]] = {}
+        started = 0
+        while started < n or scheduler.has_work:
+            while started < n and not scheduler.waiting:  # top up: one group waits for room
+                indices = pool.draw(config.num_negatives) if config.eta != 0 else []
+                negatives = pool.negative_streams(indices, config.negative_mode, list(separator_ids)) if indices else []
+                request = Request(
+                    prompt_ids, negatives, config.max_new_tokens, min_new_tokens=min_new_tokens,
+                    seed=default_seed + started, eos_token_id=eos_token_id,
+                )
+                scheduler.add(self._group(started, request))
+                drawn[started] = indices
+                started += 1
+            for group in self._step(scheduler, default_seed):
+                tokens = group.generated
+                pool.add(tokens[:-1] if group.finish_reason == "eos" else tokens)
+                yield Result(list(tokens), group.finish_reason, tuple(drawn.pop(group.group_id)), group.request.seed)
+
+    def _default_seed(self) -> int:
+        """Requests without a seed share one drawn per call (torch.manual_seed makes it repeatable);
+        their noise still differs, since it is keyed by the group as well."""
+        return self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**62, ()))
 
     # -- one step ----------------------------------------------------------------------------------
 
@@ -93,7 +141,9 @@ class SteerEngine:
         with_negatives = self.config.eta != 0
         return SampleGroup.for_request(index, request, with_base=self.config.gamma != 0, with_negatives=with_negatives)
 
-    def _step(self, scheduler: Scheduler, default_seed: int) -> None:
+    def _step(self, scheduler: Scheduler, default_seed: int) -> list[SampleGroup]:
+        """Decode one token for every running group (prefilling the newly admitted ones); return
+        the groups that finished."""
         decoding = scheduler.reserve_decode_slots()
         prefilling = scheduler.admit()
         groups = decoding + prefilling
@@ -104,10 +154,13 @@ class SteerEngine:
             new_tokens[id(group)] = None  # everything not already cached
         logits = self._forward(groups, new_tokens)
         tokens = self._sample(groups, logits, default_seed)
+        finished = []
         for group, token in zip(groups, tokens.tolist()):
             group.append(token)
             if group.status is GroupStatus.FINISHED:
                 scheduler.finish(group)
+                finished.append(group)
+        return finished
 
     def _rows(self, groups, new_tokens, namespace: str) -> tuple[list[tuple], list[tuple[int, int]]]:
         """The StepBatch rows of one model and, for each, (group position, stream position)."""

@@ -1,0 +1,26 @@
+import pytest
+
+from steer.engine.pool import NegativePool
+
+
+def test_draws_distinct_examples_and_joins_them_in_concat_mode():
+    pool = NegativePool([[1, 2], [3], [4, 5, 6]], seed=0)
+    indices = pool.draw(2)
+    assert len(set(indices)) == 2
+    (joined,) = pool.negative_streams(indices, "concat", [9])
+    first, second = (pool.examples[i] for i in indices)
+    assert joined == first + [9] + second
+    assert pool.negative_streams(indices, "separate", [9]) == [first, second]
+    assert sorted(pool.draw(10)) == [0, 1, 2]
+
+
+def test_finished_samples_join_the_pool():
+    pool = NegativePool([[1]], seed=0)
+    assert pool.add([7, 8]) == 1 and pool.add([]) == -1 and len(pool) == 2
+
+
+def test_bad_pools_are_refused():
+    with pytest.raises(ValueError, match="at least one example"):
+        NegativePool([])
+    with pytest.raises(ValueError, match="example 1 is empty"):
+        NegativePool([[1], []])
