@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from steer.ops import cpp_backend, cuda_backend
+from steer.ops import compiled, cpp_backend, cuda_backend
 
 INF = math.inf
 
@@ -18,6 +18,40 @@ def test_cpp_extension_imports():
     assert cpp_backend.is_available()
     assert ext.NEG_INF_FLOOR == -1.0e4
     assert ext.STEER_OK == 0
+    assert (ext.DTYPE_FLOAT32, ext.DTYPE_FLOAT16, ext.DTYPE_BFLOAT16) == (0, 1, 2)
+    assert callable(ext.combine) and callable(ext.sample)
+
+
+def test_hand_made_sample():
+    # Scores of the one row: 1.5 * z0 - 0.5 * z1 = [0.5, 3.0, -inf (forbidden), 2.0]; column 4 is
+    # padding (vocab_size = 4), hugely likely if it were read.
+    logits = torch.tensor([[[1.0, 2.0, -INF, 1.0, 50.0], [2.0, 0.0, 0.0, -1.0, 50.0]]])
+    weights = torch.tensor([[1.5, -0.5]])
+    keys = torch.zeros(1, dtype=torch.int64)
+    common = dict(seeds=keys, row_keys=keys, steps=keys, vocab_size=4, plausibility_alpha=0.0)
+    scores = torch.tensor([0.5, 3.0, 2.0])
+    tokens, logprobs = cpp_backend.sample(logits, weights, temperature=0.0, top_k=0, top_p=1.0, **common)
+    assert tokens.tolist() == [1]
+    torch.testing.assert_close(logprobs, torch.log_softmax(scores, 0)[1:2])
+    # top_k = 2 keeps tokens 1 and 3: the log-probability is over those two only, at T = 1.
+    tokens, logprobs = cpp_backend.sample(logits, weights, temperature=0.0, top_k=2, top_p=1.0, **common)
+    torch.testing.assert_close(logprobs, torch.log_softmax(torch.tensor([3.0, 2.0]), 0)[:1])
+    # top_p = 0.5: token 1 alone holds 0.69 of the mass; sampling can only draw it.
+    for seed in range(10):
+        common["seeds"] = torch.tensor([seed])
+        tokens, logprobs = cpp_backend.sample(logits, weights, temperature=1.0, top_k=0, top_p=0.5, **common)
+        assert tokens.tolist() == [1] and logprobs.tolist() == [0.0]
+
+
+def test_half_combine_is_read_natively():
+    """float16 logits reach the kernel as they are: the result is that of their exact float32
+    values, and no float32 copy of the logits is made (the kernel gets the half tensor's pointer)."""
+    logits = (torch.randn(2, 3, 1000) * 4).half()
+    weights = torch.tensor([1.2, -0.1, -0.1]).expand(2, 3)
+    got = cpp_backend.combine(logits, weights, normalize=True, vocab_size=1000, plausibility_alpha=0.0)
+    want = cpp_backend.combine(logits.float(), weights, normalize=True, vocab_size=1000, plausibility_alpha=0.0)
+    assert torch.equal(got, want)
+    assert compiled.native_buffers(logits, weights)[0] is logits
 
 
 def test_hand_made_example_unnormalized():

@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "steer/combine.h"
+#include "steer/sample.h"
 
 namespace py = pybind11;
 
@@ -25,19 +26,47 @@ T* as_pointer(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+steer::DType as_dtype(int dtype) {
+  if (dtype < 0 || dtype > int(steer::DType::kBFloat16)) throw py::value_error("steer._C: unknown dtype code");
+  return steer::DType(dtype);
+}
+
 Result combine(std::uintptr_t logits, int64_t B, int64_t K, int64_t V, int64_t stride_b, int64_t stride_k,
                int64_t stride_v, std::uintptr_t weights, int64_t weight_stride_b, int64_t vocab_size, bool normalize,
-               float plausibility_alpha, std::uintptr_t out, int64_t out_stride_b, int num_threads) {
+               float plausibility_alpha, std::uintptr_t out, int64_t out_stride_b, int num_threads, int dtype) {
+  const steer::DType type = as_dtype(dtype);
   int64_t row = -1, stream = -1;
   steer::Status status;
   {
     py::gil_scoped_release no_gil;
-    status = steer::combine_cpu(as_pointer<const float>(logits), B, K, V, stride_b, stride_k, stride_v,
+    status = steer::combine_cpu(as_pointer<const void>(logits), type, B, K, V, stride_b, stride_k, stride_v,
                                 as_pointer<const float>(weights), weight_stride_b, vocab_size, normalize,
                                 plausibility_alpha, as_pointer<float>(out), out_stride_b, &row, &stream, num_threads);
   }
   if (status == steer::STEER_ERR_INVALID_ARGUMENT) {
     throw py::value_error("steer._C.combine: invalid shape, stride, pointer or plausibility_alpha");
+  }
+  return {int(status), row, stream};
+}
+
+Result sample(std::uintptr_t logits, int dtype, int64_t B, int64_t K, int64_t V, int64_t stride_b, int64_t stride_k,
+              int64_t stride_v, std::uintptr_t weights, int64_t weight_stride_b, int64_t vocab_size,
+              float plausibility_alpha, float temperature, int64_t top_k, float top_p, std::uintptr_t seeds,
+              std::uintptr_t row_keys, std::uintptr_t steps, std::uintptr_t tokens, std::uintptr_t logprobs,
+              int num_threads) {
+  const steer::DType type = as_dtype(dtype);
+  int64_t row = -1, stream = -1;
+  steer::Status status;
+  {
+    py::gil_scoped_release no_gil;
+    status = steer::sample_cpu(as_pointer<const void>(logits), type, B, K, V, stride_b, stride_k, stride_v,
+                               as_pointer<const float>(weights), weight_stride_b, vocab_size, plausibility_alpha,
+                               temperature, top_k, top_p, as_pointer<const int64_t>(seeds),
+                               as_pointer<const int64_t>(row_keys), as_pointer<const int64_t>(steps),
+                               as_pointer<int64_t>(tokens), as_pointer<float>(logprobs), &row, &stream, num_threads);
+  }
+  if (status == steer::STEER_ERR_INVALID_ARGUMENT) {
+    throw py::value_error("steer._C.sample: invalid shape, stride, pointer, weight or sampling parameter");
   }
   return {int(status), row, stream};
 }
@@ -51,10 +80,15 @@ PYBIND11_MODULE(_C, m) {
   m.attr("STEER_ERR_POSINF") = int(steer::STEER_ERR_POSINF);
   m.attr("STEER_ERR_EMPTY_ROW") = int(steer::STEER_ERR_EMPTY_ROW);
   m.attr("NEG_INF_FLOOR") = steer::NEG_INF_FLOOR;
+  m.attr("DTYPE_FLOAT32") = int(steer::DType::kFloat32);
+  m.attr("DTYPE_FLOAT16") = int(steer::DType::kFloat16);
+  m.attr("DTYPE_BFLOAT16") = int(steer::DType::kBFloat16);
 
-  m.def("combine", &combine, "STEER combine of float32 [B, K, V] logits into out [B, V] -> (status, row, stream)",
+  // One binding per op; arguments positional, in the order of the C++ signatures (steer/*.h).
+  m.def("combine", &combine, "STEER combine of [B, K, V] logits into float32 out [B, V] -> (status, row, stream)",
         py::arg("logits"), py::arg("B"), py::arg("K"), py::arg("V"), py::arg("stride_b"), py::arg("stride_k"),
         py::arg("stride_v"), py::arg("weights"), py::arg("weight_stride_b"), py::arg("vocab_size"),
         py::arg("normalize"), py::arg("plausibility_alpha"), py::arg("out"), py::arg("out_stride_b"),
-        py::arg("num_threads") = 0);
+        py::arg("num_threads") = 0, py::arg("dtype") = int(steer::DType::kFloat32));
+  m.def("sample", &sample, "STEER sample of [B, K, V] logits into tokens, logprobs [B] -> (status, row, stream)");
 }

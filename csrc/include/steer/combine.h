@@ -37,6 +37,15 @@ enum Status : int32_t {
   STEER_ERR_EMPTY_ROW = 3,         // every s(v), v < vocab_size, of row *err_row is -inf
   STEER_ERR_INVALID_ARGUMENT = 4,  // a shape, stride or pointer the kernel cannot work with
   STEER_ERR_CUDA = 5,              // a CUDA launch failed (see combine_cuda)
+  STEER_ERR_OUT_OF_MEMORY = 6,     // a scratch allocation failed (reported by the C ABI, steer/steer.h)
+};
+
+// The storage type of the logits. float16 and bfloat16 are read natively by the CPU kernels
+// (converted to float in registers, never copied); all arithmetic is float32.
+enum class DType : int32_t {
+  kFloat32 = 0,
+  kFloat16 = 1,   // IEEE binary16
+  kBFloat16 = 2,  // the top 16 bits of a float32
 };
 
 // Stands in for -inf in negatively weighted streams: large enough to push the token far down,
@@ -45,7 +54,7 @@ constexpr float NEG_INF_FLOOR = -1.0e4f;
 
 // CPU kernel (csrc/cpu/combine.cpp), OpenMP over rows and, when rows are few, vocabulary chunks.
 //
-//   logits   [B, K, V] float32, element strides (stride_b, stride_k, stride_v); fastest when
+//   logits   [B, K, V] of `dtype`, element strides (stride_b, stride_k, stride_v); fastest when
 //            stride_v == 1. Columns v >= vocab_size are never read.
 //   weights  float32, element (b, k) at weights[b * weight_stride_b + k]; weight_stride_b = 0
 //            shares one [K] vector across rows.
@@ -56,10 +65,20 @@ constexpr float NEG_INF_FLOOR = -1.0e4f;
 //
 // Returns STEER_OK or an error; on error the contents of out are unspecified.
 // B == 0 is valid and does nothing.
-Status combine_cpu(const float* logits, int64_t B, int64_t K, int64_t V, int64_t stride_b, int64_t stride_k,
-                   int64_t stride_v, const float* weights, int64_t weight_stride_b, int64_t vocab_size,
-                   bool normalize, float plausibility_alpha, float* out, int64_t out_stride_b, int64_t* err_row,
-                   int64_t* err_stream, int num_threads);
+Status combine_cpu(const void* logits, DType dtype, int64_t B, int64_t K, int64_t V, int64_t stride_b,
+                   int64_t stride_k, int64_t stride_v, const float* weights, int64_t weight_stride_b,
+                   int64_t vocab_size, bool normalize, float plausibility_alpha, float* out, int64_t out_stride_b,
+                   int64_t* err_row, int64_t* err_stream, int num_threads);
+
+// The float32 form of the above (the original signature, kept for existing callers).
+inline Status combine_cpu(const float* logits, int64_t B, int64_t K, int64_t V, int64_t stride_b, int64_t stride_k,
+                          int64_t stride_v, const float* weights, int64_t weight_stride_b, int64_t vocab_size,
+                          bool normalize, float plausibility_alpha, float* out, int64_t out_stride_b,
+                          int64_t* err_row, int64_t* err_stream, int num_threads) {
+  return combine_cpu(static_cast<const void*>(logits), DType::kFloat32, B, K, V, stride_b, stride_k, stride_v,
+                     weights, weight_stride_b, vocab_size, normalize, plausibility_alpha, out, out_stride_b, err_row,
+                     err_stream, num_threads);
+}
 
 // CUDA kernel (csrc/cuda/combine.cu), defined only in the CUDA build (steer._C_cuda). Same
 // arguments with device pointers, launched asynchronously on `stream` (a cudaStream_t; null is

@@ -34,7 +34,9 @@ constexpr int kPhiloxRounds = 10;
 // Word 0 of Philox4x32-10(key, counter) (Salmon et al., SC 2011).
 STEER_HOST_DEVICE uint32_t philox4x32_word0(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1, uint32_t c2,
                                             uint32_t c3) {
+#if defined(__CUDACC__)
 #pragma unroll
+#endif
   for (int round = 0; round < kPhiloxRounds; ++round) {
     if (round > 0) {
       k0 += kPhiloxW0;

@@ -1,5 +1,5 @@
 """What the compiled backends (cpp, cuda) share: loading their extension module and laying out
-the float32 buffers their raw-pointer kernels read and write."""
+the buffers their raw-pointer kernels read and write."""
 
 from __future__ import annotations
 
@@ -19,6 +19,36 @@ def extension_imports(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+# The dtype codes of the kernels (steer::DType in csrc/include/steer/combine.h, steer_dtype in steer.h).
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    return DTYPE_CODES[dtype]
+
+
+def native_buffers(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like ``float32_buffers``, but the logits stay as they are (float32, float16 or bfloat16,
+    any strides): for kernels that convert on load, so a half-precision input is never copied."""
+    if logits.dtype not in DTYPE_CODES:
+        raise ValueError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    out = torch.empty((logits.shape[0], logits.shape[2]), dtype=torch.float32, device=logits.device)
+    return logits, kernel_weights(weights, logits.device), out
+
+
+def kernel_weights(weights: torch.Tensor, device) -> torch.Tensor:
+    """float32 weights [B, K] on ``device`` with unit stride along K, as every kernel reads them."""
+    weights = weights.to(device=device, dtype=torch.float32)
+    if weights.shape[1] > 1 and weights.stride(1) != 1:
+        weights = weights.contiguous()
+    return weights
+
+
+def per_row_int64(values: torch.Tensor) -> torch.Tensor:
+    """An int64 [B] tensor with unit stride (seeds, row keys and steps may arrive expanded)."""
+    return values.to(torch.int64).contiguous()
 
 
 def float32_buffers(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,9 +1,16 @@
 """The CUDA backend: the kernels of ``steer._C_cuda`` behind the signatures of ``steer.ops``.
 
-The kernel (csrc/cuda/combine.cu) runs on the current stream of the tensors' device. It cannot
-raise, so it records NaN / +inf / empty-row errors in a 3-entry device buffer that this wrapper
-reads back; that read synchronises with the kernel, which is the price of raising the same
-ValueErrors as every other backend (steer.ops.errors).
+The kernels (csrc/cuda/kernels.cuh) read float32, float16 and bfloat16 logits natively, with any
+strides, on the current stream of the tensors' device; every row's vocabulary is split over
+several blocks, so a batch of one row still fills the GPU. ``sample`` is one fused pass over the
+K * V logits plus a small per-row merge (top-k and top-p without sorting the vocabulary); seeds,
+row keys and steps stay in device memory.
+
+Kernels cannot raise, so they record NaN / +inf / empty-row errors in a 3-entry device buffer
+that this wrapper reads back to raise the same ValueErrors as every other backend
+(steer.ops.errors). That read synchronises with the kernels; while a CUDA graph is being
+captured it is skipped (errors cannot be raised from a replay), so capture the C++ entry points
+or validate inputs beforehand if a replayed sampler must report bad logits.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from steer.ops import compiled, errors
 DEVICE_TYPES = ("cuda",)
 
 _NO_ERROR = -1  # err entries start as all-ones bits (UINT64_MAX), which int64 reads as -1
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def is_available() -> bool:
@@ -22,22 +30,23 @@ def is_available() -> bool:
     return compiled.extension_imports("steer._C_cuda") and torch.cuda.is_available()
 
 
-def combine(
-    logits: torch.Tensor, weights: torch.Tensor, *, normalize: bool, vocab_size: int, plausibility_alpha: float
-) -> torch.Tensor:
-    """Combined STEER scores [B, V] float32 of validated CUDA logits [B, K, V] and weights [B, K]."""
-    ext = compiled.extension("steer._C_cuda")
+def _device_of(logits: torch.Tensor) -> torch.device:
     if logits.device.type != "cuda":
         raise ValueError(f"the cuda backend runs on CUDA tensors, got logits on {logits.device}")
-    device = logits.device
-    logits, weights, out = compiled.float32_buffers(logits, weights)
-    num_streams = logits.shape[1]
-    err = torch.full((3,), _NO_ERROR, dtype=torch.int64, device=device)
-    arguments = compiled.combine_arguments(
-        logits, weights, out, vocab_size=vocab_size, normalize=normalize, plausibility_alpha=plausibility_alpha
-    )
-    with torch.cuda.device(device):
-        ext.combine(*arguments, err.data_ptr(), torch.cuda.current_stream(device).cuda_stream)
+    return logits.device
+
+
+def _weights(weights: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 [B, K] on device with unit stride along K (row stride 0 is fine: shared weights)."""
+    weights = weights.to(device=device, dtype=torch.float32)
+    if weights.shape[1] > 1 and weights.stride(1) != 1:
+        weights = weights.contiguous()
+    return weights
+
+
+def _raise_recorded_errors(err: torch.Tensor, num_streams: int) -> None:
+    if torch.cuda.is_current_stream_capturing():
+        return
     nan_key, posinf_key, empty_row = err.tolist()  # keys are row * K + stream
     if nan_key != _NO_ERROR:
         raise errors.nan_in_logits(*divmod(nan_key, num_streams))
@@ -45,4 +54,79 @@ def combine(
         raise errors.posinf_in_logits(*divmod(posinf_key, num_streams))
     if empty_row != _NO_ERROR:
         raise errors.no_finite_token(empty_row)
+
+
+def combine(
+    logits: torch.Tensor, weights: torch.Tensor, *, normalize: bool, vocab_size: int, plausibility_alpha: float
+) -> torch.Tensor:
+    """Combined STEER scores [B, V] float32 of validated CUDA logits [B, K, V] and weights [B, K]."""
+    ext = compiled.extension("steer._C_cuda")
+    device = _device_of(logits)
+    batch, num_streams, vocab = logits.shape
+    weights = _weights(weights, device)
+    out = torch.empty((batch, vocab), dtype=torch.float32, device=device)
+    workspace = torch.empty(
+        ext.combine_workspace_bytes(batch, vocab, float(plausibility_alpha)), dtype=torch.uint8, device=device
+    )
+    err = torch.full((3,), _NO_ERROR, dtype=torch.int64, device=device)
+    with torch.cuda.device(device):
+        ext.combine_typed(
+            logits.data_ptr(), _DTYPE_CODES[logits.dtype], batch, num_streams, vocab, *logits.stride(),
+            weights.data_ptr(), weights.stride(0), vocab_size, bool(normalize), float(plausibility_alpha),
+            out.data_ptr(), out.stride(0), workspace.data_ptr(), workspace.numel(), err.data_ptr(),
+            torch.cuda.current_stream(device).cuda_stream,
+        )  # fmt: skip
+    _raise_recorded_errors(err, num_streams)
     return out
+
+
+def _row_values(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """int64 [B] on device, as the kernels read it (element b at b * stride, stride 0 allowed)."""
+    return values.to(device=device, dtype=torch.int64)
+
+
+def _stride(values: torch.Tensor) -> int:
+    return values.stride(0) if values.dim() == 1 and values.shape[0] > 1 else 0
+
+
+def sample(
+    logits: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seeds: torch.Tensor,
+    row_keys: torch.Tensor,
+    steps: torch.Tensor,
+    vocab_size: int,
+    plausibility_alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [B] int64, their log-probabilities [B] float32) drawn by the fused CUDA sampler.
+
+    The same tokens as ``steer.reference.sample`` (same Philox noise, same filters): see
+    steer/sample_cuda.h and csrc/cuda/kernels.cuh.
+    """
+    ext = compiled.extension("steer._C_cuda")
+    device = _device_of(logits)
+    batch, num_streams, vocab = logits.shape
+    weights = _weights(weights, device)
+    seeds, row_keys, steps = (_row_values(v, device) for v in (seeds, row_keys, steps))
+    top_k = min(int(top_k), vocab_size)  # top_k >= vocab_size is off, and stays within int64
+    temperature, top_p, alpha = float(temperature), float(top_p), float(plausibility_alpha)
+    tokens = torch.empty(batch, dtype=torch.int64, device=device)
+    logprobs = torch.empty(batch, dtype=torch.float32, device=device)
+    workspace = torch.empty(
+        ext.sample_workspace_bytes(batch, vocab_size, temperature, top_k, top_p, alpha), dtype=torch.uint8, device=device
+    )
+    err = torch.full((3,), _NO_ERROR, dtype=torch.int64, device=device)
+    with torch.cuda.device(device):
+        ext.sample(
+            logits.data_ptr(), _DTYPE_CODES[logits.dtype], batch, num_streams, vocab, *logits.stride(),
+            weights.data_ptr(), weights.stride(0), vocab_size, alpha, temperature, top_k, top_p,
+            seeds.data_ptr(), _stride(seeds), row_keys.data_ptr(), _stride(row_keys), steps.data_ptr(), _stride(steps),
+            tokens.data_ptr(), logprobs.data_ptr(), workspace.data_ptr(), workspace.numel(), err.data_ptr(),
+            torch.cuda.current_stream(device).cuda_stream,
+        )  # fmt: skip
+    _raise_recorded_errors(err, num_streams)
+    return tokens, logprobs

@@ -1,0 +1,128 @@
+"""Compile every Triton kernel variant for a GPU target without a GPU (ptxas ships with triton).
+
+The interpreter (TRITON_INTERPRET=1) runs the kernels' logic on the CPU but never lowers them, so
+a kernel that only the GPU compiler rejects (mismatched types across branches, unsupported ops)
+would pass every interpreted test. This module runs the real launchers with CPU tensors while
+``JITFunction.run`` is swapped for a recorder, then compiles each recorded launch with
+``triton.compile`` for sm_90 (H100) down to a cubin and reports registers and spills:
+
+    python -m steer_kernels.compile_check            # a table, exit status 1 on a failure
+
+It must run in a process where TRITON_INTERPRET is not set (the kernels must be JITFunctions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction, mangle_type
+
+SM90 = GPUTarget("cuda", 90, 32)
+OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
+
+
+@contextlib.contextmanager
+def recording():
+    """Record (kernel, bound arguments, options) for every launch instead of running it."""
+    launches = []
+    original = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTIONS}
+        bound = dict(zip(self.arg_names, args))
+        bound.update(kwargs)
+        launches.append((self, bound, options))
+
+    JITFunction.run = record
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+def compile_launch(kernel: JITFunction, bound: dict, options: dict, target: GPUTarget = SM90):
+    constexprs, signature = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if kernel.params[index].is_constexpr:
+            constexprs[name] = bound[name]
+            signature[name] = "constexpr"
+        else:
+            signature[name] = mangle_type(bound[name])
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=target, options=options)
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, bytes of stack: spills and local arrays) from cuobjdump."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as handle:
+            handle.write(cubin)
+        report = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True,
+                                check=True).stdout
+    registers, stack = re.search(r"REG:(\d+)", report), re.search(r"STACK:(\d+)", report)
+    return int(registers.group(1)) if registers else -1, int(stack.group(1)) if stack else -1
+
+
+def variants():
+    """(name, launcher call) pairs covering the constexpr combinations the wrappers use."""
+    import steer_kernels
+
+    def sample_call(dtype=torch.float32, vocab=4099, streams=7, **sampler):
+        batch = 4
+        logits = torch.zeros((batch, streams, vocab), dtype=dtype)
+        weights = torch.ones((batch, streams))
+        keys = torch.zeros(batch, dtype=torch.int64)
+        out = (torch.empty(batch, dtype=torch.int64), torch.empty(batch), torch.empty(3, dtype=torch.int64))
+        defaults = dict(temperature=1.0, top_k=0, top_p=1.0, vocab_size=vocab, plausibility_alpha=0.0)
+        defaults.update(sampler)
+        return lambda: steer_kernels.launch_sample(logits, weights, keys, keys, keys, *out, **defaults)
+
+    def combine_call(normalize, alpha=0.0, dtype=torch.float32):
+        logits = torch.zeros((4, 5, 5000), dtype=dtype)
+        out = torch.empty((4, 5000))
+        return lambda: steer_kernels.launch_combine(logits, torch.ones(4, 5), out, torch.empty(3, dtype=torch.int64),
+                                              normalize=normalize, vocab_size=5000, plausibility_alpha=alpha)
+
+    return [
+        ("combine normalize", combine_call(True)),
+        ("combine raw bf16 plausibility", combine_call(False, 0.1, torch.bfloat16)),
+        ("sample T=1", sample_call()),
+        ("sample greedy fp16", sample_call(torch.float16, temperature=0.0)),
+        ("sample top_k=10", sample_call(top_k=10)),
+        ("sample top_p=0.9", sample_call(top_p=0.9)),
+        ("sample top_k=50 top_p=0.9 plausibility", sample_call(top_k=50, top_p=0.9, plausibility_alpha=0.01)),
+        ("sample top_k=1000 (exact search)", sample_call(top_k=1000)),
+        ("sample greedy top_p bf16 K=16", sample_call(torch.bfloat16, streams=16, temperature=0.0, top_p=0.8)),
+    ]
+
+
+def main() -> int:
+    failures = 0
+    print(f"{'variant':42s} {'kernel':24s} {'regs':>5s} {'stack':>6s} {'smem':>7s}")
+    for name, call in variants():
+        with recording() as launches:
+            call()
+        for kernel, bound, options in launches:
+            try:
+                compiled = compile_launch(kernel, bound, options)
+                regs, stack = resource_usage(compiled.asm["cubin"])
+                print(f"{name:42s} {kernel.__name__:24s} {regs:>5d} {stack:>6d} {compiled.metadata.shared:>7d}")
+            except Exception as error:  # noqa: BLE001 (report every failing variant)
+                failures += 1
+                print(f"{name:42s} {kernel.__name__:24s} FAILED: {type(error).__name__}: {error}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
