@@ -20,6 +20,7 @@ import torch
 
 from steer import steer_weights
 from steer.ops import cuda_backend
+from eager import eager_chain
 
 
 def copy_bandwidth(device, nbytes=1 << 30, repeats=20) -> float:
@@ -54,20 +55,6 @@ def median_time(fn, inputs, repeats=50) -> float:
     return statistics.median(times)
 
 
-def eager_chain(logits, weights, temperature, top_k, top_p):
-    streams = torch.log_softmax(logits.float(), dim=-1)
-    scores = (weights.view(1, -1, 1) * streams).sum(dim=1) / temperature
-    if top_k:
-        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, -float("inf"))
-    if top_p < 1:
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-        probs = torch.softmax(sorted_scores, dim=-1)
-        remove = probs.cumsum(dim=-1) - probs >= top_p
-        scores = scores.scatter(1, order, sorted_scores.masked_fill(remove, -float("inf")))
-    return torch.multinomial(torch.softmax(scores, dim=-1), 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -98,7 +85,7 @@ def main() -> None:
                                            row_keys=keys[1], steps=keys[2], vocab_size=vocab, plausibility_alpha=0.0)  # fmt: skip
 
             t = median_time(fused, inputs)
-            t_eager = median_time(lambda x: eager_chain(x, weights, temperature, top_k, top_p), inputs, repeats=10)
+            t_eager = median_time(lambda x: eager_chain(x, weights, temperature=temperature, top_k=top_k, top_p=top_p), inputs, repeats=10)
             print(
                 f"{batch:>3} {k:>2} {vocab:>6} {str(dtype)[6:]:>8} {name:>11} {t * 1e6:8.1f} {nbytes / t / 1e9:6.0f} "
                 f"{100 * nbytes / t / peak:5.1f} {t_eager / t:7.1f}"

@@ -30,6 +30,7 @@ import torch
 
 import steer
 from steer.ops import dispatch
+from eager import eager_chain
 
 PEAK_GBPS = float(os.environ.get("STEER_PEAK_GBPS", "3350"))
 
@@ -57,24 +58,6 @@ def backend_devices() -> list[tuple[str, str]]:
             if device in module.DEVICE_TYPES and (device == "cpu" or torch.cuda.is_available()):
                 pairs.append((name, device))
     return pairs
-
-
-def eager_chain(logits, weights, *, temperature: float, top_k: int, top_p: float):
-    """STEER sampling as plain torch eager code: K log_softmaxes, a weighted sum, top-k (torch.topk)
-    or top-p (a sort), a softmax and a multinomial. Returns token ids [B, 1]."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # the K streams' log_softmaxes
-    scores = (weights.unsqueeze(-1) * logprobs).sum(dim=1)  # weighted sum over streams
-    scores = scores / temperature
-    if top_k > 0:
-        values, indices = torch.topk(scores, top_k, dim=-1)
-    else:
-        values, indices = torch.sort(scores, dim=-1, descending=True)
-    if top_p < 1.0:
-        probs = torch.softmax(values, dim=-1)
-        outside = torch.cumsum(probs, dim=-1) - probs >= top_p
-        values = values.masked_fill(outside, float("-inf"))
-    choice = torch.multinomial(torch.softmax(values, dim=-1), 1)
-    return indices.gather(1, choice)
 
 
 def rounds_for(batch: int, streams: int, vocab: int, device: str) -> int:

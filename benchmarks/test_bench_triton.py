@@ -27,6 +27,7 @@ if not torch.cuda.is_available() or "triton" not in steer.backends("sample"):
     pytest.skip("needs a CUDA GPU with triton", allow_module_level=True)
 
 import steer_kernels  # noqa: E402
+from eager import eager_chain
 
 PEAK_GBPS = float(os.environ.get("STEER_PEAK_GBPS", "3350"))
 _FLUSH = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")  # > the 50 MB L2 of an H100
@@ -46,22 +47,6 @@ def gpu_median_ms(fn, reps: int = 30, warmup: int = 3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
-
-
-def eager_chain(logits, weights, *, temperature, top_k, top_p):
-    """STEER sampling in plain torch: K log_softmaxes, a weighted sum, top-k / sort top-p, multinomial."""
-    scores = (weights.unsqueeze(-1) * torch.log_softmax(logits.float(), dim=-1)).sum(dim=1)
-    if temperature == 0:
-        return scores.argmax(dim=-1)
-    scores = scores / temperature
-    if top_k > 0:
-        values, indices = torch.topk(scores, top_k, dim=-1)
-    else:
-        values, indices = torch.sort(scores, dim=-1, descending=True)
-    if top_p < 1.0:
-        probs = torch.softmax(values, dim=-1)
-        values = values.masked_fill(torch.cumsum(probs, dim=-1) - probs >= top_p, float("-inf"))
-    return indices.gather(1, torch.multinomial(torch.softmax(values, dim=-1), 1))
 
 
 class Case:
