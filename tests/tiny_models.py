@@ -17,24 +17,23 @@ def _finish(model):
     return model.to(torch.float64).eval()
 
 
-def tiny_llama(seed: int = 0, vocab_size: int = VOCAB):
+def _llama_like(config_class, model_class, seed: int, vocab_size: int):
+    """Llama and Qwen2 share their config fields: RMSNorm, rotary positions, grouped-query attention."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
     )
-    return _finish(LlamaForCausalLM(config))
+    return _finish(model_class(config))
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = VOCAB):
+    return _llama_like(LlamaConfig, LlamaForCausalLM, seed, vocab_size)
 
 
 def tiny_qwen2(seed: int = 0, vocab_size: int = VOCAB):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
-    )
-    return _finish(Qwen2ForCausalLM(config))
+    return _llama_like(Qwen2Config, Qwen2ForCausalLM, seed, vocab_size)
 
 
 def tiny_gpt2(seed: int = 0, vocab_size: int = VOCAB):
