@@ -30,8 +30,9 @@ def dtype_code(dtype: torch.dtype) -> int:
 
 
 def native_buffers(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Like ``float32_buffers``, but the logits stay as they are (float32, float16 or bfloat16,
-    any strides): for kernels that convert on load, so a half-precision input is never copied."""
+    """(logits, weights, out) as the kernels take them: the logits as they are (float32, float16 or
+    bfloat16, any strides: the kernels convert on load, so half precision is never copied), float32
+    weights [B, K] with unit stride along K, and a fresh float32 output [B, V]."""
     if logits.dtype not in DTYPE_CODES:
         raise ValueError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
     out = torch.empty((logits.shape[0], logits.shape[2]), dtype=torch.float32, device=logits.device)
@@ -49,18 +50,6 @@ def kernel_weights(weights: torch.Tensor, device) -> torch.Tensor:
 def per_row_int64(values: torch.Tensor) -> torch.Tensor:
     """An int64 [B] tensor with unit stride (seeds, row keys and steps may arrive expanded)."""
     return values.to(torch.int64).contiguous()
-
-
-def float32_buffers(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, weights, out) as the kernels take them: float32 logits of any strides, weights
-    [B, K] with unit stride along K, and a fresh float32 output [B, V] on the logits' device."""
-    if logits.dtype != torch.float32:
-        logits = logits.float()  # a copy; native half / bfloat16 loads are a later kernel change
-    weights = weights.to(device=logits.device, dtype=torch.float32)
-    if weights.shape[1] > 1 and weights.stride(1) != 1:
-        weights = weights.contiguous()
-    out = torch.empty((logits.shape[0], logits.shape[2]), dtype=torch.float32, device=logits.device)
-    return logits, weights, out
 
 
 def combine_arguments(logits, weights, out, *, vocab_size: int, normalize: bool, plausibility_alpha: float) -> tuple:

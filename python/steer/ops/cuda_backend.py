@@ -22,9 +22,6 @@ from steer.ops import compiled, errors
 DEVICE_TYPES = ("cuda",)
 
 _NO_ERROR = -1  # err entries start as all-ones bits (UINT64_MAX), which int64 reads as -1
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
 def is_available() -> bool:
     """True iff ``steer._C_cuda`` was built and imports, and torch sees a CUDA device."""
     return compiled.extension_imports("steer._C_cuda") and torch.cuda.is_available()
@@ -34,14 +31,6 @@ def _device_of(logits: torch.Tensor) -> torch.device:
     if logits.device.type != "cuda":
         raise ValueError(f"the cuda backend runs on CUDA tensors, got logits on {logits.device}")
     return logits.device
-
-
-def _weights(weights: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """float32 [B, K] on device with unit stride along K (row stride 0 is fine: shared weights)."""
-    weights = weights.to(device=device, dtype=torch.float32)
-    if weights.shape[1] > 1 and weights.stride(1) != 1:
-        weights = weights.contiguous()
-    return weights
 
 
 def _raise_recorded_errors(err: torch.Tensor, num_streams: int) -> None:
@@ -63,7 +52,7 @@ def combine(
     ext = compiled.extension("steer._C_cuda")
     device = _device_of(logits)
     batch, num_streams, vocab = logits.shape
-    weights = _weights(weights, device)
+    weights = compiled.kernel_weights(weights, device)
     out = torch.empty((batch, vocab), dtype=torch.float32, device=device)
     workspace = torch.empty(
         ext.combine_workspace_bytes(batch, vocab, float(plausibility_alpha)), dtype=torch.uint8, device=device
@@ -71,7 +60,7 @@ def combine(
     err = torch.full((3,), _NO_ERROR, dtype=torch.int64, device=device)
     with torch.cuda.device(device):
         ext.combine_typed(
-            logits.data_ptr(), _DTYPE_CODES[logits.dtype], batch, num_streams, vocab, *logits.stride(),
+            logits.data_ptr(), compiled.dtype_code(logits.dtype), batch, num_streams, vocab, *logits.stride(),
             weights.data_ptr(), weights.stride(0), vocab_size, bool(normalize), float(plausibility_alpha),
             out.data_ptr(), out.stride(0), workspace.data_ptr(), workspace.numel(), err.data_ptr(),
             torch.cuda.current_stream(device).cuda_stream,
@@ -110,7 +99,7 @@ def sample(
     ext = compiled.extension("steer._C_cuda")
     device = _device_of(logits)
     batch, num_streams, vocab = logits.shape
-    weights = _weights(weights, device)
+    weights = compiled.kernel_weights(weights, device)
     seeds, row_keys, steps = (_row_values(v, device) for v in (seeds, row_keys, steps))
     top_k = min(int(top_k), vocab_size)  # top_k >= vocab_size is off, and stays within int64
     temperature, top_p, alpha = float(temperature), float(top_p), float(plausibility_alpha)
@@ -122,7 +111,7 @@ def sample(
     err = torch.full((3,), _NO_ERROR, dtype=torch.int64, device=device)
     with torch.cuda.device(device):
         ext.sample(
-            logits.data_ptr(), _DTYPE_CODES[logits.dtype], batch, num_streams, vocab, *logits.stride(),
+            logits.data_ptr(), compiled.dtype_code(logits.dtype), batch, num_streams, vocab, *logits.stride(),
             weights.data_ptr(), weights.stride(0), vocab_size, alpha, temperature, top_k, top_p,
             seeds.data_ptr(), _stride(seeds), row_keys.data_ptr(), _stride(row_keys), steps.data_ptr(), _stride(steps),
             tokens.data_ptr(), logprobs.data_ptr(), workspace.data_ptr(), workspace.numel(), err.data_ptr(),
