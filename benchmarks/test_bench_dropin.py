@@ -6,8 +6,6 @@ Random Llama (no downloads) on the CPU. Prints tokens/s of each and the ratios t
 about: how close STEER gets to plain decoding, and how much faster than recomputing everything.
 """
 
-import statistics
-import time
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 from steer import SteerLogitsProcessor
 from steer.hf.uncached import steer_generate_uncached
+from timing import median_seconds
 
 NEW_TOKENS = 32
 PROMPT_TOKENS = 24
@@ -33,16 +32,6 @@ def random_llama(seed: int) -> LlamaForCausalLM:
 @pytest.fixture(scope="module")
 def models():
     return random_llama(1), random_llama(2)
-
-
-def median_seconds(fn, rounds: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @pytest.mark.parametrize("batch", [1, 8])

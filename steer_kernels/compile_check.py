@@ -23,8 +23,9 @@ import tempfile
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction, mangle_type
+from triton._C.libtriton import native_specialize_impl
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction
 
 SM90 = GPUTarget("cuda", 90, 32)
 OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
@@ -50,14 +51,24 @@ def recording():
 
 
 def compile_launch(kernel: JITFunction, bound: dict, options: dict, target: GPUTarget = SM90):
-    constexprs, signature = {}, {}
+    """Compile as the JIT would for these arguments: integers equal to 1 become constants and
+    pointers / integers divisible by 16 carry tt.divisibility (what lets loads vectorise)."""
+    backend = make_backend(target)
+    constexprs, signature, attrs = {}, {}, {}
     for index, name in enumerate(kernel.arg_names):
-        if kernel.params[index].is_constexpr:
+        param = kernel.params[index]
+        if param.is_constexpr:
             constexprs[name] = bound[name]
             signature[name] = "constexpr"
-        else:
-            signature[name] = mangle_type(bound[name])
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+            continue
+        kind, key = native_specialize_impl(backend, bound[name], param.is_const, not param.do_not_specialize,
+                                           not param.do_not_specialize_on_alignment)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[(index,)] = key
+        elif isinstance(key, str):
+            attrs[(index,)] = backend.parse_attr(key)
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=target, options=options)
 
 
@@ -94,7 +105,25 @@ def variants():
         return lambda: steer_kernels.launch_combine(logits, torch.ones(4, 5), out, torch.empty(3, dtype=torch.int64),
                                               normalize=normalize, vocab_size=5000, plausibility_alpha=alpha)
 
+    def paged_call(dtype=torch.bfloat16, heads=32, kv_heads=8, head_dim=128, splits=1, cache_dtype=None):
+        from steer_kernels.paged_attention import paged_decode_attention
+
+        rows, block_size, max_blocks = 4, 16, 8
+        q = torch.zeros((rows, heads, head_dim), dtype=dtype)
+        pool = torch.zeros((2, 64 * block_size, kv_heads, head_dim), dtype=cache_dtype or dtype)  # [layer, slot, ...]
+        tables = torch.zeros((rows, max_blocks), dtype=torch.int32)
+        lens = torch.ones(rows, dtype=torch.int32)
+        return lambda: paged_decode_attention(q, pool[1], pool[1], tables, lens, block_size=block_size, scale=0.1,
+                                              num_splits=splits)
+
     return [
+        ("paged decode bf16 H32/8 D128", paged_call()),
+        ("paged decode bf16 H32/8 D128 split", paged_call(splits=8)),
+        ("paged decode fp16 MHA D64 split", paged_call(torch.float16, 12, 12, 64, splits=4)),
+        ("paged decode fp32 H8/2 D128", paged_call(torch.float32, 8, 2, 128)),
+        ("paged decode bf16 H32/8 D256 split", paged_call(heads=32, kv_heads=8, head_dim=256, splits=4)),
+        ("paged decode bf16 MQA H64/1 D80", paged_call(heads=64, kv_heads=1, head_dim=80)),
+        ("paged decode bf16 q, fp16 cache", paged_call(cache_dtype=torch.float16)),
         ("combine normalize", combine_call(True)),
         ("combine raw bf16 plausibility", combine_call(False, 0.1, torch.bfloat16)),
         ("sample T=1", sample_call()),

@@ -61,3 +61,27 @@ def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         ids[row, length - len(prompt) :] = torch.tensor(prompt)
         mask[row, length - len(prompt) :] = 1
     return ids, mask
+
+
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+    "qwen2": ["q_proj", "v_proj", "down_proj"],
+}
+
+
+def lora_expert_and_base(arch: str, **lora_options):
+    """(PEFT LoRA expert, an untouched copy of its base): random, non-zero adapters, so the expert
+    differs from the base; the copy is what the expert computes with its adapters switched off."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    base = BUILDERS[arch](seed=2)
+    torch.manual_seed(3)
+    options = dict(r=4, lora_alpha=8, lora_dropout=0.1, init_lora_weights=False, target_modules=LORA_TARGETS[arch])
+    options.update(lora_options)
+    if arch == "gpt2":
+        options["fan_in_fan_out"] = True
+    expert = get_peft_model(copy.deepcopy(base), LoraConfig(**options)).to(torch.float64).eval()
+    return expert, base

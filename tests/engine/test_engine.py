@@ -92,3 +92,13 @@ def test_run_keeps_the_batch_full_and_grows_the_pool():
     again = list(SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=9).run(
         [5, 6, 7], 7, NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1), separator_ids=[3]))
     assert again == results
+
+
+def test_a_token_budget_changes_the_schedule_not_the_tokens():
+    expert, base = expert_and_base("llama")
+    config = SteerConfig(temperature=0.0)
+    free = SteerEngine(expert, base, config=config, block_size=4).generate(requests())
+    budgeted = SteerEngine(expert, base, config=config, block_size=4, max_batch_tokens=12).generate(requests())
+    assert budgeted == free
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        SteerEngine(expert, base, config=config, max_batch_tokens=0)

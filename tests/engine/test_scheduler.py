@@ -83,3 +83,32 @@ def test_request_validation():
         Request([1], [[1], []], 4)
     with pytest.raises(ValueError, match="no negative_ids"):
         SampleGroup.for_request(0, Request([1], [], 4), with_base=True, with_negatives=True)
+
+
+def test_the_token_budget_limits_prefill_per_step_but_a_large_group_still_runs_alone():
+    manager = BlockManager(num_blocks=200, block_size=4)
+    scheduler = Scheduler(manager, max_rows=64, max_tokens=20)
+    small = [group(i, prompt_len=3, negatives=((50,),)) for i in range(4)]  # 3 + 3 + 1 = 7 tokens each
+    large = group(9, prompt_len=30)  # 30 + 30 + 3 tokens
+    for g in small + [large]:
+        scheduler.add(g)
+    assert [g.group_id for g in scheduler.admit()] == [0, 1]  # 14 <= 20 < 21
+    scheduler.reserve_decode_slots()
+    assert [g.group_id for g in scheduler.admit()] == [2, 3]  # 6 decode rows + 7 + 7 = 20
+    scheduler.reserve_decode_slots()
+    assert scheduler.admit() == []  # the large group waits while others decode ...
+    finished, _ = run_to_completion(scheduler, [])
+    assert finished[-1] is large  # ... and then runs alone
+    assert sorted(g.group_id for g in finished) == [0, 1, 2, 3, 9]
+
+
+def test_the_token_budget_counts_cached_prefixes_as_free():
+    manager = BlockManager(num_blocks=200, block_size=4)
+    scheduler = Scheduler(manager, max_rows=64, max_tokens=40)
+    first, second = group(0, prompt_len=16, negatives=((50,),)), group(1, prompt_len=16, negatives=((51,),))
+    scheduler.add(first)
+    assert scheduler.admit() == [first]  # 16 + 16 + 1 = 33 tokens
+    scheduler.add(second)
+    scheduler.reserve_decode_slots()
+    # 3 decode rows; the prompt and base streams' 4 full blocks are cached: 1 + 1 + 1 new tokens.
+    assert scheduler.admit() == [second]

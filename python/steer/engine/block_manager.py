@@ -87,6 +87,15 @@ class BlockManager:
         """Blocks an ``allocate(namespace, tokens)`` would take from the free list now."""
         return sum(cached is None or self.blocks[cached].ref_count == 0 for _, _, cached in self._plan(namespace, tokens))
 
+    def cached_prefix_tokens(self, namespace: str, tokens: list[int]) -> int:
+        """Leading tokens whose KV an ``allocate(namespace, tokens)`` would find cached now."""
+        hits = 0
+        for _, _, cached in self._plan(namespace, tokens):
+            if cached is None:
+                break
+            hits += 1
+        return hits * self.block_size
+
     # -- allocation ---------------------------------------------------------------------------------
 
     def _take_free_block(self) -> Block:

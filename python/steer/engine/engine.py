@@ -20,7 +20,7 @@ from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler
 from steer.engine.sequence import GroupStatus, Request, SampleGroup, StreamRole
 from steer.hf.processor import shared_vocabulary_size
-from steer.ops import sample
+from steer.ops import sample, triton_backend
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
 
@@ -37,21 +37,33 @@ class SteerEngine:
     """Batched STEER decoding of Hugging Face causal LMs (Llama family, GPT-2).
 
     Args:
-        expert: the fine-tuned model.
-        base: the model it was tuned from (same tokenizer and architecture).
+        expert: the fine-tuned model: a transformers causal LM, or a PEFT model with LoRA adapters.
+        base: the model it was tuned from (same tokenizer and architecture). Leave it None when
+            ``expert`` is a PEFT LoRA model: the base is then the same weights with the adapters
+            off, and expert and base rows run as one forward (each weight read once per step).
+            Also None when ``config.gamma == 0`` (no base stream).
         config: the STEER and sampling hyperparameters (``SteerConfig``).
+        device, dtype: where and in what precision to run; the models are moved there in place
+            (``model.to``). Default: where the expert's weights are.
+        max_batch_tokens: most new tokens in one forward (prefills of newly admitted groups plus one
+            per decoding row); None for no limit. A group whose prefill alone exceeds it still runs,
+            alone.
         kv_cache_memory: bytes of the paged KV pool shared by every stream of both models.
         block_size: tokens per KV block; prefixes are shared at this granularity.
         max_batch_rows: most streams (rows) in one forward.
         vocab_size: the tokenizer size, when expert and base LM heads are padded differently.
+        backend: the sampler backend (``steer.backends("sample")``; "auto" picks the fastest).
     """
 
     def __init__(
         self,
         expert,
-        base,
+        base=None,
         *,
         config: SteerConfig | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        max_batch_tokens: int | None = None,
         kv_cache_memory: int = DEFAULT_KV_CACHE_MEMORY,
         block_size: int = 16,
         max_batch_rows: int = 64,
@@ -59,26 +71,51 @@ class SteerEngine:
         backend: str = "auto",
     ) -> None:
         self.config = config if config is not None else SteerConfig()
-        self.vocab_size = shared_vocabulary_size(expert, base, vocab_size)
-        self.expert, self.base = runner_for(expert), runner_for(base)
-        if self.expert.kv_shape != self.base.kv_shape:
-            raise ValueError(f"expert and base must share an architecture: KV shapes {self.expert.kv_shape} vs {self.base.kv_shape}")
+        if device is not None or dtype is not None:
+            for model in (expert, base):
+                if model is not None:
+                    model.to(device=device, dtype=dtype)
+        self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
+        self.passes = self._forward_passes(expert, base)
         parameter = next(expert.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
-        per_block = PagedKVCache.bytes_per_block(self.expert.kv_shape, block_size, self.dtype)
+        kv_shape = self.passes[0][0].kv_shape
+        per_block = PagedKVCache.bytes_per_block(kv_shape, block_size, self.dtype)
         num_blocks = kv_cache_memory // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no KV block of {per_block} bytes")
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+            raise ValueError(f"max_batch_tokens must be None or an int >= 1, got {max_batch_tokens!r}")
         self.blocks = BlockManager(num_blocks, block_size)
-        self.cache = PagedKVCache(self.expert.kv_shape, num_blocks, block_size, dtype=self.dtype, device=self.device)
-        self.max_batch_rows = max_batch_rows
+        self.cache = PagedKVCache(kv_shape, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.max_batch_rows, self.max_batch_tokens = max_batch_rows, max_batch_tokens
         self.backend = backend
+        # Decode steps on a GPU attend with the Triton kernel straight from the paged pool.
+        self.decode_kernel = self.device.type == "cuda" and triton_backend.is_available()
+
+    def _forward_passes(self, expert, base) -> list[tuple]:
+        """(runner, namespaces) of each forward of a step; a runner's adapters apply to the rows of
+        its first namespace. One pass when the base is the expert with its adapters off."""
+        expert_runner = runner_for(expert)
+        if base is None:
+            if self.config.gamma == 0:
+                return [(expert_runner, ("expert",))]
+            if not expert_runner.has_adapters:
+                raise ValueError(
+                    "base is None but the expert has no active LoRA adapter to switch off: pass the base model, "
+                    "or a PEFT LoRA model as the expert (or use gamma=0, which needs no base)"
+                )
+            return [(expert_runner, ("expert", "base"))]
+        base_runner = runner_for(base)
+        if expert_runner.kv_shape != base_runner.kv_shape:
+            raise ValueError(f"expert and base must share an architecture: KV shapes {expert_runner.kv_shape} vs {base_runner.kv_shape}")
+        return [(expert_runner, ("expert",)), (base_runner, ("base",))]
 
     # -- public ------------------------------------------------------------------------------------
 
     def generate(self, requests: list[Request]) -> list[Result]:
         """Decode every request to EOS or its length limit; results in request order."""
-        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows)
+        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
         groups = [self._group(index, request) for index, request in enumerate(requests)]
         for group in groups:
             scheduler.add(group)
@@ -108,7 +145,7 @@ class SteerEngine:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         config = self.config
-        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows)
+        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
         default_seed = self._default_seed()
         drawn: dict[int, list[int]] = {}
         started = 0
@@ -179,11 +216,16 @@ class SteerEngine:
         """Logits [G, K_max, V] of every stream; streams a group lacks are zeros (weight 0)."""
         k_max = max(g.num_streams for g in groups)
         logits = torch.zeros(len(groups), k_max, self.vocab_size, dtype=torch.float32, device=self.device)
-        for namespace, runner in (("expert", self.expert), ("base", self.base)):
-            rows, where = self._rows(groups, new_tokens, namespace)
+        for runner, namespaces in self.passes:
+            rows, where, adapter_rows = [], [], None
+            for namespace in namespaces:
+                more_rows, more_where = self._rows(groups, new_tokens, namespace)
+                rows, where = rows + more_rows, where + more_where
+                adapter_rows = len(rows) if adapter_rows is None else adapter_rows
             if not rows:
                 continue
-            out = runner.forward(self.cache, StepBatch.build(rows, self.blocks.block_size, self.device))
+            batch = StepBatch.build(rows, self.blocks.block_size, self.device, decode_kernel=self.decode_kernel)
+            out = runner.forward(self.cache, batch, adapter_rows=adapter_rows)
             g_index, s_index = (torch.tensor(i, device=self.device) for i in zip(*where))
             logits[g_index, s_index] = out[:, : self.vocab_size]
         return logits

@@ -13,11 +13,14 @@ attention) and GPT-2. Anything else raises a ValueError naming the model type.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from steer.engine.projection import Projection, check_adapters_covered, projection_of
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 GPT2_FAMILY = ("gpt2",)
@@ -66,10 +69,21 @@ class StepBatch:
     query_index: torch.Tensor  # [R, Q_max] index into the flat tokens (padding: 0)
     query_valid: torch.Tensor  # [R, Q_max] bool
     last_token: torch.Tensor  # [R] flat index of each row's last new token
+    row_ends: tuple[int, ...]  # flat index one past each row's last new token
+    block_tables: torch.Tensor  # int32 [R, max blocks] each row's block ids (padding: 0)
+    context_lengths: torch.Tensor  # int32 [R]
+    decode_kernel: bool = False  # attend with the Triton paged decode kernel (one query per row)
+
+    def tokens_of_rows(self, num_rows: int) -> int:
+        """How many flat tokens the first ``num_rows`` rows hold."""
+        return self.row_ends[num_rows - 1] if num_rows > 0 else 0
 
     @classmethod
-    def build(cls, rows: list[tuple[list[int], list[int], int]], block_size: int, device) -> StepBatch:
-        """rows: (block_ids, all token ids of the stream, number of new tokens at its end)."""
+    def build(
+        cls, rows: list[tuple[list[int], list[int], int]], block_size: int, device, *, decode_kernel: bool = False
+    ) -> StepBatch:
+        """rows: (block_ids, all token ids of the stream, number of new tokens at its end).
+        decode_kernel: use the Triton decode kernel when every row has one new token (GPU)."""
         input_ids, positions, write_slots, key_slots = [], [], [], []
         query_lengths, context_lengths = [], []
         for block_ids, tokens, num_new in rows:
@@ -92,6 +106,9 @@ class StepBatch:
         padded_slots = torch.zeros(num_rows, l_max, dtype=torch.long)
         for row, slots in enumerate(key_slots):
             padded_slots[row, : len(slots)] = torch.tensor(slots)
+        block_tables = torch.zeros(num_rows, max(len(b) for b, _, _ in rows), dtype=torch.int32)
+        for row, (block_ids, _, _) in enumerate(rows):
+            block_tables[row, : len(block_ids)] = torch.tensor(block_ids, dtype=torch.int32)
         to = dict(device=device)
         return cls(
             input_ids=torch.tensor(input_ids, **to),
@@ -102,14 +119,26 @@ class StepBatch:
             query_index=query_index.to(device),
             query_valid=query_valid.to(device),
             last_token=(starts + torch.tensor(query_lengths) - 1).to(device),
+            row_ends=tuple(itertools.accumulate(query_lengths)),
+            block_tables=block_tables.to(device),
+            context_lengths=torch.tensor(context_lengths, dtype=torch.int32, device=device),
+            decode_kernel=decode_kernel and q_max == 1,
         )
 
 
 def paged_attention(q, k, v, cache: PagedKVCache, layer: int, batch: StepBatch, scale: float) -> torch.Tensor:
     """Write the new k, v [T, Hkv, D] into the pool, then attend q [T, H, D] over each row's
-    context; returns [T, H, D]. On the CPU: a gather of each row's keys and torch SDPA."""
+    context; returns [T, H, D]. Decode steps on a GPU read the pool in place with the Triton
+    kernel (steer_kernels.paged_attention); otherwise a gather of each row's keys and torch SDPA."""
     cache.k[layer, batch.write_slots] = k.to(cache.k.dtype)
     cache.v[layer, batch.write_slots] = v.to(cache.v.dtype)
+    if batch.decode_kernel:
+        from steer_kernels.paged_attention import paged_decode_attention
+
+        return paged_decode_attention(
+            q, cache.k[layer], cache.v[layer], batch.block_tables, batch.context_lengths,
+            block_size=cache.block_size, scale=scale,
+        )
     keys = cache.k[layer, batch.key_slots].transpose(1, 2).to(q.dtype)  # [R, Hkv, L, D]
     values = cache.v[layer, batch.key_slots].transpose(1, 2).to(q.dtype)
     queries = q[batch.query_index].transpose(1, 2)  # [R, H, Q, D]
@@ -126,6 +155,21 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+@dataclass(frozen=True)
+class LlamaLayer:
+    input_norm: torch.nn.Module
+    q: Projection
+    k: Projection
+    v: Projection
+    o: Projection
+    scaling: float
+    post_attention_norm: torch.nn.Module
+    gate: Projection
+    up: Projection
+    down: Projection
+    act: torch.nn.Module
+
+
 class LlamaFamilyRunner:
     """Llama, Mistral, Qwen2: pre-norm blocks, rotary positions, grouped-query attention."""
 
@@ -137,28 +181,60 @@ class LlamaFamilyRunner:
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.kv_shape = KVShape(config.num_hidden_layers, self.num_kv_heads, self.head_dim)
+        read = ProjectionReader(model)
+        self.layers = []
+        for index, layer in enumerate(self.decoder.layers):
+            attention, mlp, name = layer.self_attn, layer.mlp, f"model.layers.{index}"
+            self.layers.append(LlamaLayer(
+                layer.input_layernorm,
+                *(read(getattr(attention, p), f"{name}.self_attn.{p}") for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+                attention.scaling,
+                layer.post_attention_layernorm,
+                *(read(getattr(mlp, p), f"{name}.mlp.{p}") for p in ("gate_proj", "up_proj", "down_proj")),
+                mlp.act_fn,
+            ))
+        self.lm_head = read(model.lm_head, "lm_head")
+        read.check_all_adapters_covered()
+        self.has_adapters = read.has_adapters
 
-    def _attention(self, layer_index, attention, x, cos, sin, cache, batch):
+    def _attention(self, index: int, layer: LlamaLayer, x, cos, sin, cache, batch, adapter_tokens: int):
         tokens = x.shape[0]
-        q = attention.q_proj(x).view(tokens, self.num_heads, self.head_dim)
-        k = attention.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        v = attention.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        q = layer.q(x, adapter_tokens).view(tokens, self.num_heads, self.head_dim)
+        k = layer.k(x, adapter_tokens).view(tokens, self.num_kv_heads, self.head_dim)
+        v = layer.v(x, adapter_tokens).view(tokens, self.num_kv_heads, self.head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out = paged_attention(q, k, v, cache, layer_index, batch, attention.scaling)
-        return attention.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+        out = paged_attention(q, k, v, cache, index, batch, layer.scaling)
+        return layer.o(out.reshape(tokens, self.num_heads * self.head_dim), adapter_tokens)
+
+    @staticmethod
+    def _mlp(layer: LlamaLayer, x, adapter_tokens: int):
+        return layer.down(layer.act(layer.gate(x, adapter_tokens)) * layer.up(x, adapter_tokens), adapter_tokens)
 
     @torch.no_grad()
-    def forward(self, cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
-        """Logits [R, V] (float32) after each row's last new token."""
+    def forward(self, cache: PagedKVCache, batch: StepBatch, adapter_rows: int = 0) -> torch.Tensor:
+        """Logits [R, V] (float32) after each row's last new token; LoRA adapters (if any) apply to
+        the first ``adapter_rows`` rows."""
+        adapter_tokens = batch.tokens_of_rows(adapter_rows)
         x = self.decoder.embed_tokens(batch.input_ids)
         cos, sin = self.decoder.rotary_emb(x.unsqueeze(0), batch.positions.unsqueeze(0))
         cos, sin = cos[0].unsqueeze(1).to(x.dtype), sin[0].unsqueeze(1).to(x.dtype)  # [T, 1, D]
-        for index, layer in enumerate(self.decoder.layers):
-            x = x + self._attention(index, layer.self_attn, layer.input_layernorm(x), cos, sin, cache, batch)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        for index, layer in enumerate(self.layers):
+            x = x + self._attention(index, layer, layer.input_norm(x), cos, sin, cache, batch, adapter_tokens)
+            x = x + self._mlp(layer, layer.post_attention_norm(x), adapter_tokens)
         last = self.decoder.norm(x[batch.last_token])
-        return self.model.lm_head(last).float()
+        return self.lm_head(last, adapter_rows).float()
+
+
+@dataclass(frozen=True)
+class GPT2Layer:
+    ln_1: torch.nn.Module
+    qkv: Projection
+    attention_out: Projection
+    ln_2: torch.nn.Module
+    fc: Projection
+    act: torch.nn.Module
+    mlp_out: Projection
 
 
 class GPT2Runner:
@@ -174,22 +250,54 @@ class GPT2Runner:
         self.head_dim = config.n_embd // config.n_head
         self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
         self.kv_shape = KVShape(config.n_layer, self.num_heads, self.head_dim)
+        read = ProjectionReader(model)
+        self.layers = [
+            GPT2Layer(
+                block.ln_1, read(block.attn.c_attn, f"transformer.h.{i}.attn.c_attn"),
+                read(block.attn.c_proj, f"transformer.h.{i}.attn.c_proj"), block.ln_2,
+                read(block.mlp.c_fc, f"transformer.h.{i}.mlp.c_fc"), block.mlp.act,
+                read(block.mlp.c_proj, f"transformer.h.{i}.mlp.c_proj"),
+            )
+            for i, block in enumerate(self.transformer.h)
+        ]
+        self.lm_head = read(model.lm_head, "lm_head")
+        read.check_all_adapters_covered()
+        self.has_adapters = read.has_adapters
 
-    def _attention(self, layer_index, attention, x, cache, batch):
+    def _attention(self, index: int, layer: GPT2Layer, x, cache, batch, adapter_tokens: int):
         tokens = x.shape[0]
-        q, k, v = attention.c_attn(x).split(self.num_heads * self.head_dim, dim=-1)
+        q, k, v = layer.qkv(x, adapter_tokens).split(self.num_heads * self.head_dim, dim=-1)
         shape = (tokens, self.num_heads, self.head_dim)
-        out = paged_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), cache, layer_index, batch, self.scale)
-        return attention.c_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+        out = paged_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), cache, index, batch, self.scale)
+        return layer.attention_out(out.reshape(tokens, self.num_heads * self.head_dim), adapter_tokens)
 
     @torch.no_grad()
-    def forward(self, cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
+    def forward(self, cache: PagedKVCache, batch: StepBatch, adapter_rows: int = 0) -> torch.Tensor:
+        adapter_tokens = batch.tokens_of_rows(adapter_rows)
         x = self.transformer.wte(batch.input_ids) + self.transformer.wpe(batch.positions)
-        for index, block in enumerate(self.transformer.h):
-            x = x + self._attention(index, block.attn, block.ln_1(x), cache, batch)
-            x = x + block.mlp(block.ln_2(x))
+        for index, layer in enumerate(self.layers):
+            x = x + self._attention(index, layer, layer.ln_1(x), cache, batch, adapter_tokens)
+            hidden = layer.act(layer.fc(layer.ln_2(x), adapter_tokens))
+            x = x + layer.mlp_out(hidden, adapter_tokens)
         last = self.transformer.ln_f(x[batch.last_token])
-        return self.model.lm_head(last).float()
+        return self.lm_head(last, adapter_rows).float()
+
+
+class ProjectionReader:
+    """Reads a model's linear modules into Projections, remembering which ones it read so that an
+    adapter anywhere else is refused rather than silently ignored."""
+
+    def __init__(self, model) -> None:
+        self.model, self.covered, self.has_adapters = model, set(), False
+
+    def __call__(self, module, name: str) -> Projection:
+        self.covered.add(id(module))
+        projection = projection_of(module, name)
+        self.has_adapters |= bool(projection.deltas)
+        return projection
+
+    def check_all_adapters_covered(self) -> None:
+        check_adapters_covered(self.model, self.covered)
 
 
 def runner_for(model) -> LlamaFamilyRunner | GPT2Runner:

@@ -17,11 +17,13 @@ from steer.engine.sequence import GroupStatus, SampleGroup
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, *, max_rows: int) -> None:
+    def __init__(self, block_manager: BlockManager, *, max_rows: int, max_tokens: int | None = None) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be None or >= 1, got {max_tokens}")
         self.blocks = block_manager
-        self.max_rows = max_rows
+        self.max_rows, self.max_tokens = max_rows, max_tokens
         self.waiting: deque[SampleGroup] = deque()
         self.running: list[SampleGroup] = []
 
@@ -79,11 +81,23 @@ class Scheduler:
             index += 1
         return list(self.running)
 
+    def _prefill_tokens(self, group: SampleGroup) -> int:
+        """New tokens the group's first forward computes (its streams' uncached suffixes)."""
+        return sum(
+            max(1, len(group.tokens(s)) - self.blocks.cached_prefix_tokens(s.namespace, group.tokens(s)))
+            for s in group.streams
+        )
+
     def admit(self) -> list[SampleGroup]:
-        """Move waiting groups that fit (blocks and rows) into the running set; return them."""
-        admitted = []
+        """Move waiting groups that fit (blocks, rows and the step's token budget) into the running
+        set; return them. A group over the token budget by itself runs alone rather than never."""
+        admitted, tokens = [], self._rows()  # each running row decodes one token
         while self.waiting and self._rows() + self.waiting[0].num_streams <= self.max_rows:
             group = self.waiting[0]
+            if self.max_tokens is not None:
+                tokens += self._prefill_tokens(group)
+                if tokens > self.max_tokens and self.running:
+                    break
             if not self._try_allocate(group):
                 break
             self.waiting.popleft()

@@ -1,0 +1,134 @@
+"""STEER engine vs plain ``generate`` vs the drop-in processor vs the paper's uncached loop.
+
+    python -m pytest benchmarks/test_bench_engine.py -s                 # every scenario
+    python -m pytest benchmarks/test_bench_engine.py -s -k "lora and 1"  # one
+
+A random Llama of about 56M parameters (no downloads), float32 on the CPU; 64 new tokens per
+sample (EOS off), a 24-token prompt and one 48-token negative example per sample (the paper's
+"concat" mode), greedy. Two kinds of expert:
+
+  lora      the expert is the base + a rank-16 LoRA on every linear of every layer (PEFT); the
+            engine gets it alone (``SteerEngine(expert)``) and runs expert and base rows in one
+            forward. Plain decoding is timed both with the PEFT model as it is and with the
+            adapter merged into a copy (the fastest single-model decoding there is).
+  separate  the expert and the base are two models of the same architecture.
+
+``engine_single_model`` is the engine decoding the expert alone (gamma = eta = 0): the engine's
+time over it is what STEER's extra rows cost. Each test times every contender side by side in one
+run (this machine is shared and noisy: only the ratios mean anything) and prints tokens/s and the
+ratios the engine is about. The paper's loop
+(``steer_generate_uncached``: full uncached forwards of expert and base each step, one sample at
+a time) is timed once per scenario; it is slow by design.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
+
+from steer import Request, SteerConfig, SteerEngine, SteerLogitsProcessor
+from steer.hf.uncached import steer_generate_uncached
+from timing import median_seconds
+
+NEW_TOKENS = 64
+PROMPT_TOKENS = 24
+NEGATIVE_TOKENS = 48
+GAMMA, ETA = 0.3, 0.3
+VOCAB = 32000
+
+
+def random_llama(seed: int) -> LlamaForCausalLM:
+    """About 56M parameters: 8 layers of width 512, a 32000-token vocabulary, untied head."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=4, bos_token_id=1, eos_token_id=None, pad_token_id=0, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def lora_of(base: LlamaForCausalLM):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=16, lora_alpha=16, init_lora_weights=False, target_modules=targets)
+    return get_peft_model(copy.deepcopy(base), config).eval()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    base = random_llama(2)
+    lora = lora_of(base)
+    merged = copy.deepcopy(lora).merge_and_unload().eval()
+    return {"base": base, "separate": random_llama(1), "lora": lora, "lora_merged": merged}
+
+
+def workload(batch: int):
+    gen = torch.Generator().manual_seed(batch)
+    prompts = torch.randint(3, VOCAB, (batch, PROMPT_TOKENS), generator=gen)
+    negatives = [torch.randint(3, VOCAB, (NEGATIVE_TOKENS,), generator=gen) for _ in range(batch)]
+    return prompts, negatives
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("kind", ["lora", "separate"])
+def test_engine_vs_plain_vs_dropin_vs_paper(benchmark, models, kind, batch):
+    expert, base = models[kind], models["base"]
+    prompts, negatives = workload(batch)
+    config = SteerConfig(gamma=GAMMA, eta=ETA, temperature=0.0, max_new_tokens=NEW_TOKENS)
+    generate_args = dict(
+        input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
+    )
+    requests = [Request(p.tolist(), [n.tolist()], NEW_TOKENS) for p, n in zip(prompts, negatives)]
+
+    def plain(model=expert):
+        model.generate(**generate_args)
+
+    def engine():
+        # A fresh engine each round: no prefix cached from the previous round.
+        SteerEngine(expert, None if kind == "lora" else base, config=config, kv_cache_memory=2**27).generate(requests)
+
+    def engine_single_model():
+        # The same engine decoding the expert alone (gamma = eta = 0): what STEER's extra rows cost.
+        alone = SteerConfig(gamma=0.0, eta=0.0, num_negatives=0, temperature=0.0, max_new_tokens=NEW_TOKENS)
+        plain_requests = [Request(p.tolist(), [], NEW_TOKENS) for p in prompts]
+        SteerEngine(expert, config=alone, kv_cache_memory=2**27).generate(plain_requests)
+
+    def dropin():
+        processor = SteerLogitsProcessor(expert, base, list(negatives), gamma=GAMMA, eta=ETA)
+        expert.generate(**generate_args, logits_processor=LogitsProcessorList([processor]))
+
+    def paper():
+        for row in range(batch):
+            steer_generate_uncached(expert, base, prompts[row], [negatives[row]], gamma=GAMMA, eta=ETA,
+                                    max_new_tokens=NEW_TOKENS)
+
+    seconds = {"plain": median_seconds(plain, rounds=3)}
+    if kind == "lora":
+        seconds["plain_merged"] = median_seconds(lambda: plain(models["lora_merged"]), rounds=3)
+    seconds["engine_single_model"] = median_seconds(engine_single_model, rounds=3)
+    seconds["dropin"] = median_seconds(dropin, rounds=1)
+    start = time.perf_counter()
+    paper()
+    seconds["paper"] = time.perf_counter() - start
+    benchmark.pedantic(engine, rounds=3, warmup_rounds=1)
+    seconds["engine"] = benchmark.stats.stats.median
+
+    tokens = batch * NEW_TOKENS
+    report = {f"{name}_tok_s": tokens / s for name, s in seconds.items()}
+    report["engine_time_over_plain"] = seconds["engine"] / seconds["plain"]
+    if kind == "lora":
+        report["engine_time_over_plain_merged"] = seconds["engine"] / seconds["plain_merged"]
+    report["engine_time_over_engine_single_model"] = seconds["engine"] / seconds["engine_single_model"]
+    report["engine_speedup_over_dropin"] = seconds["dropin"] / seconds["engine"]
+    report["engine_speedup_over_paper"] = seconds["paper"] / seconds["engine"]
+    benchmark.extra_info.update(report)
+    speeds = ", ".join(f"{name} {tokens / s:.1f}" for name, s in seconds.items())
+    ratios = ", ".join(f"{name} {value:.2f}" for name, value in report.items() if not name.endswith("_tok_s"))
+    print(f"\n{kind} expert, batch {batch}, {NEW_TOKENS} new tokens: tok/s: {speeds}\n  ratios: {ratios}")

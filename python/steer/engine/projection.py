@@ -1,0 +1,123 @@
+"""The linear layers of a decode step, with a LoRA adapter applied to some rows only.
+
+The runner does not call a Hugging Face or PEFT linear module: it reads the module's weights once,
+at start-up, into a ``Projection``, so that
+
+  * every projection goes through ``decode_linear``, which on the CPU streams each weight once for
+    all of a step's rows (torch's GEMM reads it once per row for 2-3 rows);
+  * expert = base + LoRA runs as one forward: the base weight serves every row, and the low-rank
+    delta ``B (A x) * scaling`` of PEFT's ``lora.Linear`` is added to the first ``adapter_tokens``
+    rows only (the engine puts the expert's rows first, the base stream's rows after them).
+
+Supported: ``torch.nn.Linear``, GPT-2's ``Conv1D`` (weight stored [in, out]) and PEFT LoRA layers
+over either (several active adapters are summed, as PEFT does). Anything PEFT can do that this
+cannot reproduce exactly (DoRA and other LoRA variants, merged adapters, LoRA on embeddings,
+modules_to_save copies) is refused with an error naming the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from steer.engine.decode_linear import decode_linear
+
+
+@dataclass(frozen=True)
+class LoraDelta:
+    """One adapter of one layer: y += lora_B(lora_A(x)) * scaling."""
+
+    a: torch.Tensor  # [r, in]
+    b: torch.Tensor  # [out, r]
+    b_bias: torch.Tensor | None  # PEFT's lora_bias=True
+    scaling: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        low_rank = F.linear(x.to(self.a.dtype), self.a)
+        return (F.linear(low_rank, self.b, self.b_bias) * self.scaling).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class Projection:
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    layout: str  # "out_in" (nn.Linear) or "in_out" (GPT-2 Conv1D)
+    deltas: tuple[LoraDelta, ...] = ()
+
+    def __call__(self, x: torch.Tensor, adapter_tokens: int = 0) -> torch.Tensor:
+        """x [T, in] -> [T, out]; the adapters apply to x[:adapter_tokens]."""
+        y = decode_linear(x, self.weight, self.bias, layout=self.layout)
+        if self.deltas and adapter_tokens:
+            head = x[:adapter_tokens]
+            for delta in self.deltas:
+                y[:adapter_tokens] += delta(head)
+        return y
+
+
+def is_lora_layer(module) -> bool:
+    return all(hasattr(module, name) for name in ("base_layer", "lora_A", "lora_B", "scaling"))
+
+
+def _active_adapters(module) -> list[str]:
+    """The adapters a PEFT layer applies now (linear ones in lora_A, embedding ones elsewhere)."""
+    if getattr(module, "disable_adapters", False):
+        return []
+    held = set(module.lora_A) | set(getattr(module, "lora_embedding_A", {}))
+    return [adapter for adapter in module.active_adapters if adapter in held]
+
+
+def _plain_projection(module, name: str) -> Projection:
+    if isinstance(module, torch.nn.Linear):
+        return Projection(module.weight, module.bias, "out_in")
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        return Projection(module.weight, module.bias, "in_out")
+    raise ValueError(f"{name}: the steer engine runs nn.Linear and GPT-2 Conv1D projections, got {type(module).__name__}")
+
+
+def _lora_deltas(module, name: str) -> tuple[LoraDelta, ...]:
+    if getattr(module, "merged", False):
+        raise ValueError(
+            f"{name}: the LoRA adapter is merged into the weights, so the base model cannot be recovered; "
+            "call unmerge_adapter() first, or pass the base model separately"
+        )
+    deltas = []
+    for adapter in _active_adapters(module):
+        if getattr(module, "use_dora", {}).get(adapter, False) or getattr(module, "lora_variant", {}).get(adapter):
+            raise ValueError(f"{name}: adapter {adapter!r} is a LoRA variant (DoRA, ...), which the steer engine does not run")
+        lora_a = module.lora_A[adapter] if adapter in module.lora_A else None
+        lora_b = module.lora_B[adapter] if adapter in module.lora_B else None
+        if not isinstance(lora_a, torch.nn.Linear) or not isinstance(lora_b, torch.nn.Linear):
+            raise ValueError(f"{name}: adapter {adapter!r} is not a linear LoRA ({type(module).__name__})")
+        deltas.append(LoraDelta(lora_a.weight, lora_b.weight, lora_b.bias, float(module.scaling[adapter])))
+    return tuple(deltas)
+
+
+PEFT_COPIES = ("ModulesToSaveWrapper", "TrainableTokensWrapper")
+
+
+def _refuse_peft_copies(module, name: str) -> None:
+    if type(module).__name__ in PEFT_COPIES:
+        raise ValueError(f"{name}: PEFT modules_to_save / trainable tokens are not supported by the steer engine")
+
+
+def projection_of(module, name: str) -> Projection:
+    """The weights of a linear module (plain, Conv1D or PEFT LoRA over either) as a Projection."""
+    _refuse_peft_copies(module, name)
+    if is_lora_layer(module):
+        base = _plain_projection(module.base_layer, name)
+        return Projection(base.weight, base.bias, base.layout, _lora_deltas(module, name))
+    return _plain_projection(module, name)
+
+
+def check_adapters_covered(model, covered: set[int]) -> None:
+    """Refuse a model with adapter modules the runner would silently skip or apply to every row:
+    LoRA on an embedding or any layer not read through ``projection_of``, and modules_to_save."""
+    for name, module in model.named_modules():
+        _refuse_peft_copies(module, name)
+        if is_lora_layer(module) and id(module) not in covered and _active_adapters(module):
+            raise ValueError(
+                f"{name}: a LoRA adapter on a {type(module.base_layer).__name__} the steer engine does not run through "
+                "its projections (only attention, MLP and LM-head linears are supported)"
+            )

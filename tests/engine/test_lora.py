@@ -1,0 +1,134 @@
+"""Expert = base + LoRA in one forward: the adapters apply to the expert's rows only."""
+
+import copy
+
+import pytest
+import torch
+from tiny_models import EOS, lora_expert_and_base, tiny_llama
+
+from steer import SteerConfig
+from steer.engine.engine import SteerEngine
+from steer.engine.model_runner import runner_for
+from steer.engine.projection import Projection, projection_of
+from steer.engine.sequence import Request
+from steer.hf.uncached import steer_generate_uncached
+
+pytest.importorskip("peft")
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 12, 13, 14]]
+NEGATIVES = [[[20, 21, 22, 23]], [[30, 31], [40, 41, 42, 43], [44]], [[50]]]
+NEW = 8
+
+
+def requests():
+    return [Request(p, n, NEW, eos_token_id=EOS) for p, n in zip(PROMPTS, NEGATIVES)]
+
+
+def assert_is_the_formula(results, expert, base, gamma, eta):
+    for row, result in enumerate(results):
+        negatives = [torch.tensor(n) for n in NEGATIVES[row]]
+        want = steer_generate_uncached(
+            expert, base, torch.tensor(PROMPTS[row]), negatives, gamma=gamma, eta=eta, max_new_tokens=NEW, eos_token_id=EOS
+        )
+        assert result.token_ids == want.tolist(), f"row {row}"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_lora_expert_without_base_is_the_formula_in_one_forward_per_step(arch, monkeypatch):
+    expert, base = lora_expert_and_base(arch)
+    config = SteerConfig(gamma=0.6, eta=0.5, temperature=0.0, max_new_tokens=NEW)
+    engine = SteerEngine(expert, config=config, block_size=4, kv_cache_memory=2**22)
+    assert len(engine.passes) == 1
+    runner = engine.passes[0][0]
+    forwards = []
+    original = runner.forward
+    monkeypatch.setattr(runner, "forward", lambda *a, **k: forwards.append(k["adapter_rows"]) or original(*a, **k))
+    results = engine.generate(requests())
+    assert_is_the_formula(results, expert, base, 0.6, 0.5)
+    assert len(forwards) == max(len(r.token_ids) for r in results)  # one forward per step
+    # The first step: all 3 groups' prompt + negative rows get the adapter, their 3 base rows do not.
+    assert forwards[0] == 3 + sum(len(n) for n in NEGATIVES)
+
+
+def test_lora_expert_with_an_explicit_base_applies_the_adapter_to_every_expert_row():
+    expert, base = lora_expert_and_base("llama")
+    config = SteerConfig(gamma=0.4, eta=0.7, temperature=0.0, max_new_tokens=NEW)
+    engine = SteerEngine(expert, base, config=config, block_size=4)
+    assert len(engine.passes) == 2
+    assert_is_the_formula(engine.generate(requests()), expert, base, 0.4, 0.7)
+
+
+def test_lora_bias_and_several_active_adapters_are_applied_as_peft_does():
+    from peft import LoraConfig
+
+    expert, base = lora_expert_and_base("llama", lora_bias=True)
+    torch.manual_seed(4)
+    expert.add_adapter("second", LoraConfig(r=2, init_lora_weights=False, target_modules=["o_proj", "up_proj"]))
+    expert.base_model.set_adapter(["default", "second"])
+    expert.to(torch.float64)
+    config = SteerConfig(gamma=0.5, eta=0.5, temperature=0.0, max_new_tokens=NEW)
+    results = SteerEngine(expert, config=config, block_size=4).generate(requests())
+    assert_is_the_formula(results, expert, base, 0.5, 0.5)
+
+
+def test_projection_adds_the_delta_to_the_leading_rows_only():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    peft_model = get_peft_model(model, LoraConfig(r=2, init_lora_weights=False, target_modules=["0"]))
+    layer = peft_model.base_model.model[0]
+    projection = projection_of(layer, "0")
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        adapted = layer(x)
+        plain = layer.base_layer(x)
+        got = projection(x, adapter_tokens=3)
+    torch.testing.assert_close(got[:3], adapted[:3])
+    torch.testing.assert_close(got[3:], plain[3:])
+    assert isinstance(projection, Projection) and len(projection.deltas) == 1
+
+
+def test_gamma_zero_needs_no_base():
+    expert = tiny_llama(seed=1)
+    config = SteerConfig(gamma=0.0, eta=0.5, temperature=0.0, max_new_tokens=NEW)
+    results = SteerEngine(expert, config=config, block_size=4).generate(requests())
+    assert_is_the_formula(results, expert, expert, 0.0, 0.5)
+
+
+def test_base_none_without_adapters_is_refused():
+    with pytest.raises(ValueError, match="no active LoRA adapter"):
+        SteerEngine(tiny_llama(seed=1), config=SteerConfig(gamma=0.5))
+
+
+def test_a_merged_adapter_is_refused():
+    expert, _ = lora_expert_and_base("llama")
+    expert.merge_adapter()
+    with pytest.raises(ValueError, match="merged into the weights"):
+        SteerEngine(expert, config=SteerConfig(gamma=0.5))
+
+
+def test_dora_is_refused():
+    expert, _ = lora_expert_and_base("llama", use_dora=True, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="LoRA variant"):
+        runner_for(expert)
+
+
+def test_lora_on_the_embeddings_is_refused():
+    expert, _ = lora_expert_and_base("llama", target_modules=["embed_tokens", "q_proj"])
+    with pytest.raises(ValueError, match="embed_tokens"):
+        runner_for(expert)
+
+
+def test_modules_to_save_is_refused():
+    expert, _ = lora_expert_and_base("llama", modules_to_save=["lm_head"])
+    with pytest.raises(ValueError, match="modules_to_save"):
+        runner_for(expert)
+
+
+def test_device_and_dtype_move_the_models():
+    expert, base = lora_expert_and_base("llama")
+    expert32 = copy.deepcopy(expert)
+    engine = SteerEngine(expert32, config=SteerConfig(temperature=0.0), dtype=torch.float32, device="cpu", block_size=4)
+    assert engine.dtype == torch.float32 and engine.cache.k.dtype == torch.float32
+    assert next(expert32.parameters()).dtype == torch.float32
