@@ -9,10 +9,12 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <new>
 #include <stdexcept>
 #include <tuple>
 
 #include "steer/combine.h"
+#include "steer/decode_matmul.h"
 #include "steer/sample.h"
 
 namespace py = pybind11;
@@ -71,6 +73,23 @@ Result sample(std::uintptr_t logits, int dtype, int64_t B, int64_t K, int64_t V,
   return {int(status), row, stream};
 }
 
+void decode_matmul(std::uintptr_t x, int64_t T, int64_t Kin, int64_t ldx, std::uintptr_t weight, int dtype,
+                   int layout, int64_t N, int64_t ldw, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+                   int num_threads) {
+  const steer::DType type = as_dtype(dtype);
+  steer::Status status;
+  {
+    py::gil_scoped_release no_gil;
+    status = steer::decode_matmul_cpu(as_pointer<const float>(x), T, Kin, ldx, as_pointer<const void>(weight), type,
+                                      steer::WeightLayout(layout), N, ldw, as_pointer<const float>(bias),
+                                      as_pointer<float>(y), ldy, num_threads);
+  }
+  if (status == steer::STEER_ERR_OUT_OF_MEMORY) throw std::bad_alloc();
+  if (status != steer::STEER_OK) {
+    throw py::value_error("steer._C.decode_matmul: invalid layout, shape, stride or pointer");
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -90,5 +109,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stride_v"), py::arg("weights"), py::arg("weight_stride_b"), py::arg("vocab_size"),
         py::arg("normalize"), py::arg("plausibility_alpha"), py::arg("out"), py::arg("out_stride_b"),
         py::arg("num_threads") = 0, py::arg("dtype") = int(steer::DType::kFloat32));
+  m.def("decode_matmul", &decode_matmul,
+        "y [T, N] = x [T, Kin] @ W^T (+ bias), float32 x / y / bias, W out_in [N, Kin] (layout 0) or in_out [Kin, N] (1)");
   m.def("sample", &sample, "STEER sample of [B, K, V] logits into tokens, logprobs [B] -> (status, row, stream)");
 }
