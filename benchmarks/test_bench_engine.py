@@ -3,8 +3,8 @@
     python -m pytest benchmarks/test_bench_engine.py -s                 # every scenario
     python -m pytest benchmarks/test_bench_engine.py -s -k "lora and 1"  # one
 
-A random Llama of about 56M parameters (no downloads), float32 on the CPU; 64 new tokens per
-sample (EOS off), a 24-token prompt and one 48-token negative example per sample (the paper's
+A random Llama (no downloads): about 56M parameters in float32 on the CPU, about 1.1B in bfloat16
+on a GPU (those tests skip without one); 64 new tokens per sample (EOS off), a 24-token prompt and one 48-token negative example per sample (the paper's
 "concat" mode), greedy. Two kinds of expert:
 
   lora      the expert is the base + a rank-16 LoRA on every linear of every layer (PEFT); the
@@ -41,14 +41,21 @@ GAMMA, ETA = 0.3, 0.3
 VOCAB = 32000
 
 
-def random_llama(seed: int) -> LlamaForCausalLM:
-    """About 56M parameters: 8 layers of width 512, a 32000-token vocabulary, untied head."""
+SIZES = {
+    # About 56M parameters: 8 layers of width 512, untied head.
+    "cpu": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4),
+    # About 1.1B parameters (TinyLlama's shape).
+    "cuda": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
+}
+DTYPES = {"cpu": torch.float32, "cuda": torch.bfloat16}
+
+
+def random_llama(seed: int, device: str) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=4, bos_token_id=1, eos_token_id=None, pad_token_id=0, tie_word_embeddings=False,
+        vocab_size=VOCAB, bos_token_id=1, eos_token_id=None, pad_token_id=0, tie_word_embeddings=False, **SIZES[device]
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).to(device=device, dtype=DTYPES[device]).eval()
 
 
 def lora_of(base: LlamaForCausalLM):
@@ -60,26 +67,39 @@ def lora_of(base: LlamaForCausalLM):
     return get_peft_model(copy.deepcopy(base), config).eval()
 
 
-@pytest.fixture(scope="module")
-def models() -> dict:
-    base = random_llama(2)
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def models(request) -> dict:
+    device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    base = random_llama(2, device)
     lora = lora_of(base)
     merged = copy.deepcopy(lora).merge_and_unload().eval()
-    return {"base": base, "separate": random_llama(1), "lora": lora, "lora_merged": merged}
+    return {"device": device, "base": base, "separate": random_llama(1, device), "lora": lora, "lora_merged": merged}
 
 
-def workload(batch: int):
+def synchronized(fn):
+    """fn, then wait for the GPU (if any) to finish its work."""
+    def run():
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return run
+
+
+def workload(batch: int, device: str):
     gen = torch.Generator().manual_seed(batch)
     prompts = torch.randint(3, VOCAB, (batch, PROMPT_TOKENS), generator=gen)
     negatives = [torch.randint(3, VOCAB, (NEGATIVE_TOKENS,), generator=gen) for _ in range(batch)]
-    return prompts, negatives
+    return prompts.to(device), [n.to(device) for n in negatives]
 
 
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("kind", ["lora", "separate"])
 def test_engine_vs_plain_vs_dropin_vs_paper(benchmark, models, kind, batch):
     expert, base = models[kind], models["base"]
-    prompts, negatives = workload(batch)
+    device = models["device"]
+    prompts, negatives = workload(batch, device)
     config = SteerConfig(gamma=GAMMA, eta=ETA, temperature=0.0, max_new_tokens=NEW_TOKENS)
     generate_args = dict(
         input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=NEW_TOKENS,
@@ -109,13 +129,13 @@ def test_engine_vs_plain_vs_dropin_vs_paper(benchmark, models, kind, batch):
             steer_generate_uncached(expert, base, prompts[row], [negatives[row]], gamma=GAMMA, eta=ETA,
                                     max_new_tokens=NEW_TOKENS)
 
-    seconds = {"plain": median_seconds(plain, rounds=3)}
+    seconds = {"plain": median_seconds(synchronized(plain), rounds=3)}
     if kind == "lora":
-        seconds["plain_merged"] = median_seconds(lambda: plain(models["lora_merged"]), rounds=3)
+        seconds["plain_merged"] = median_seconds(synchronized(lambda: plain(models["lora_merged"])), rounds=3)
     seconds["engine_single_model"] = median_seconds(engine_single_model, rounds=3)
-    seconds["dropin"] = median_seconds(dropin, rounds=1)
+    seconds["dropin"] = median_seconds(synchronized(dropin), rounds=1)
     start = time.perf_counter()
-    paper()
+    synchronized(paper)()
     seconds["paper"] = time.perf_counter() - start
     benchmark.pedantic(engine, rounds=3, warmup_rounds=1)
     seconds["engine"] = benchmark.stats.stats.median
@@ -131,4 +151,5 @@ def test_engine_vs_plain_vs_dropin_vs_paper(benchmark, models, kind, batch):
     benchmark.extra_info.update(report)
     speeds = ", ".join(f"{name} {tokens / s:.1f}" for name, s in seconds.items())
     ratios = ", ".join(f"{name} {value:.2f}" for name, value in report.items() if not name.endswith("_tok_s"))
-    print(f"\n{kind} expert, batch {batch}, {NEW_TOKENS} new tokens: tok/s: {speeds}\n  ratios: {ratios}")
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"\n[{device_name}] {kind} expert, batch {batch}, {NEW_TOKENS} new tokens: tok/s: {speeds}\n  ratios: {ratios}")
