@@ -217,11 +217,11 @@ class SteerEngine:
         k_max = max(g.num_streams for g in groups)
         logits = torch.zeros(len(groups), k_max, self.vocab_size, dtype=torch.float32, device=self.device)
         for runner, namespaces in self.passes:
-            rows, where, adapter_rows = [], [], None
-            for namespace in namespaces:
+            rows, where = self._rows(groups, new_tokens, namespaces[0])
+            adapter_rows = len(rows)  # the runner's adapters apply to its first namespace's rows
+            for namespace in namespaces[1:]:
                 more_rows, more_where = self._rows(groups, new_tokens, namespace)
                 rows, where = rows + more_rows, where + more_where
-                adapter_rows = len(rows) if adapter_rows is None else adapter_rows
             if not rows:
                 continue
             batch = StepBatch.build(rows, self.blocks.block_size, self.device, decode_kernel=self.decode_kernel)

@@ -59,20 +59,24 @@ class StepBatch:
 
     Rows are streams; row r computes ``query_lengths[r]`` new tokens at the end of a context of
     ``context_lengths[r]`` tokens (the new ones included). Tokens are flattened row after row.
+    Attention reads the keys either through a gather (the SDPA inputs) or, at a decode step on a
+    GPU, through the Triton kernel (the block tables); a batch holds the inputs of one of the two.
     """
 
     input_ids: torch.Tensor  # [T] the new tokens of every row
     positions: torch.Tensor  # [T]
     write_slots: torch.Tensor  # [T] where each new token's K and V go
-    key_slots: torch.Tensor  # [R, L_max] the slots of each row's whole context (padding: 0)
-    attention_mask: torch.Tensor  # [R, 1, Q_max, L_max] True where a query may attend a key
-    query_index: torch.Tensor  # [R, Q_max] index into the flat tokens (padding: 0)
-    query_valid: torch.Tensor  # [R, Q_max] bool
     last_token: torch.Tensor  # [R] flat index of each row's last new token
     row_ends: tuple[int, ...]  # flat index one past each row's last new token
-    block_tables: torch.Tensor  # int32 [R, max blocks] each row's block ids (padding: 0)
-    context_lengths: torch.Tensor  # int32 [R]
-    decode_kernel: bool = False  # attend with the Triton paged decode kernel (one query per row)
+    decode_kernel: bool  # attend with the Triton paged decode kernel (one query per row)
+    # the gather + SDPA path (decode_kernel False)
+    key_slots: torch.Tensor | None = None  # [R, L_max] the slots of each row's whole context (padding: 0)
+    attention_mask: torch.Tensor | None = None  # [R, 1, Q_max, L_max] True where a query may attend a key
+    query_index: torch.Tensor | None = None  # [R, Q_max] index into the flat tokens (padding: 0)
+    query_valid: torch.Tensor | None = None  # [R, Q_max] bool
+    # the decode kernel (decode_kernel True)
+    block_tables: torch.Tensor | None = None  # int32 [R, max blocks] each row's block ids (padding: 0)
+    context_lengths: torch.Tensor | None = None  # int32 [R]
 
     def tokens_of_rows(self, num_rows: int) -> int:
         """How many flat tokens the first ``num_rows`` rows hold."""
@@ -84,46 +88,64 @@ class StepBatch:
     ) -> StepBatch:
         """rows: (block_ids, all token ids of the stream, number of new tokens at its end).
         decode_kernel: use the Triton decode kernel when every row has one new token (GPU)."""
-        input_ids, positions, write_slots, key_slots = [], [], [], []
+        input_ids, positions, write_slots = [], [], []
         query_lengths, context_lengths = [], []
         for block_ids, tokens, num_new in rows:
             length = len(tokens)
             input_ids += tokens[length - num_new :]
             positions += range(length - num_new, length)
             write_slots += slots_of(block_ids, block_size, length - num_new, length)
-            key_slots.append(slots_of(block_ids, block_size, 0, length))
             query_lengths.append(num_new)
             context_lengths.append(length)
-        num_rows, q_max, l_max = len(rows), max(query_lengths), max(context_lengths)
         starts = torch.tensor([0] + query_lengths[:-1]).cumsum(0)
-        q_offsets = torch.arange(q_max)
-        query_valid = q_offsets < torch.tensor(query_lengths).unsqueeze(1)
-        query_index = torch.where(query_valid, starts.unsqueeze(1) + q_offsets, 0)
-        context = torch.tensor(context_lengths).unsqueeze(1)
-        query_position = context - torch.tensor(query_lengths).unsqueeze(1) + q_offsets  # [R, Q]
-        key_position = torch.arange(l_max)
-        mask = (key_position <= query_position.unsqueeze(-1)) & (key_position < context.unsqueeze(-1))
-        padded_slots = torch.zeros(num_rows, l_max, dtype=torch.long)
-        for row, slots in enumerate(key_slots):
-            padded_slots[row, : len(slots)] = torch.tensor(slots)
-        block_tables = torch.zeros(num_rows, max(len(b) for b, _, _ in rows), dtype=torch.int32)
-        for row, (block_ids, _, _) in enumerate(rows):
-            block_tables[row, : len(block_ids)] = torch.tensor(block_ids, dtype=torch.int32)
+        decode_kernel = decode_kernel and max(query_lengths) == 1
+        attention = (
+            _kernel_inputs(rows, context_lengths, device)
+            if decode_kernel
+            else _gather_inputs(rows, block_size, starts, query_lengths, context_lengths, device)
+        )
         to = dict(device=device)
         return cls(
             input_ids=torch.tensor(input_ids, **to),
             positions=torch.tensor(positions, **to),
             write_slots=torch.tensor(write_slots, **to),
-            key_slots=padded_slots.to(device),
-            attention_mask=mask.unsqueeze(1).to(device),
-            query_index=query_index.to(device),
-            query_valid=query_valid.to(device),
             last_token=(starts + torch.tensor(query_lengths) - 1).to(device),
             row_ends=tuple(itertools.accumulate(query_lengths)),
-            block_tables=block_tables.to(device),
-            context_lengths=torch.tensor(context_lengths, dtype=torch.int32, device=device),
-            decode_kernel=decode_kernel and q_max == 1,
+            decode_kernel=decode_kernel,
+            **attention,
         )
+
+
+def _gather_inputs(rows, block_size: int, starts, query_lengths: list[int], context_lengths: list[int], device) -> dict:
+    """Each row's key slots, padded, and the [R, 1, Q, L] causal mask over them, for SDPA."""
+    num_rows, q_max, l_max = len(rows), max(query_lengths), max(context_lengths)
+    q_offsets = torch.arange(q_max)
+    query_valid = q_offsets < torch.tensor(query_lengths).unsqueeze(1)
+    query_index = torch.where(query_valid, starts.unsqueeze(1) + q_offsets, 0)
+    context = torch.tensor(context_lengths).unsqueeze(1)
+    query_position = context - torch.tensor(query_lengths).unsqueeze(1) + q_offsets  # [R, Q]
+    key_position = torch.arange(l_max)
+    mask = (key_position <= query_position.unsqueeze(-1)) & (key_position < context.unsqueeze(-1))
+    padded_slots = torch.zeros(num_rows, l_max, dtype=torch.long)
+    for row, ((block_ids, _, _), length) in enumerate(zip(rows, context_lengths)):
+        padded_slots[row, :length] = torch.tensor(slots_of(block_ids, block_size, 0, length))
+    return dict(
+        key_slots=padded_slots.to(device),
+        attention_mask=mask.unsqueeze(1).to(device),
+        query_index=query_index.to(device),
+        query_valid=query_valid.to(device),
+    )
+
+
+def _kernel_inputs(rows, context_lengths: list[int], device) -> dict:
+    """Each row's block table, padded, and its context length, for the Triton decode kernel."""
+    block_tables = torch.zeros(len(rows), max(len(b) for b, _, _ in rows), dtype=torch.int32)
+    for row, (block_ids, _, _) in enumerate(rows):
+        block_tables[row, : len(block_ids)] = torch.tensor(block_ids, dtype=torch.int32)
+    return dict(
+        block_tables=block_tables.to(device),
+        context_lengths=torch.tensor(context_lengths, dtype=torch.int32, device=device),
+    )
 
 
 def paged_attention(q, k, v, cache: PagedKVCache, layer: int, batch: StepBatch, scale: float) -> torch.Tensor:
