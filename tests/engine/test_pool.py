@@ -4,13 +4,13 @@ from steer.engine.pool import NegativePool
 
 
 def test_draws_distinct_examples_and_joins_them_in_concat_mode():
-    pool = NegativePool([[1, 2], [3], [4, 5, 6]], seed=0)
+    pool = NegativePool([[1, 2], [3], [4, 5, 6]], seed=0, prefix=[0], separator=[9, 0], suffix=[9, 0])
     indices = pool.draw(2)
     assert len(set(indices)) == 2
-    (joined,) = pool.negative_streams(indices, "concat", [9])
+    (joined,) = pool.negative_streams(indices, "concat")
     first, second = (pool.examples[i] for i in indices)
-    assert joined == first + [9] + second
-    assert pool.negative_streams(indices, "separate", [9]) == [first, second]
+    assert joined == [0] + first + [9, 0] + second + [9, 0]
+    assert pool.negative_streams(indices, "separate") == [[0] + first + [9, 0], [0] + second + [9, 0]]
     assert sorted(pool.draw(10)) == [0, 1, 2]
 
 

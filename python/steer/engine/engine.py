@@ -130,20 +130,22 @@ class SteerEngine:
         n: int,
         pool: NegativePool,
         *,
-        separator_ids: list[int] = (),
         min_new_tokens: int = 0,
         eos_token_id: int | None = None,
+        seed_offset: int = 0,
     ) -> Iterator[Result]:
         """Generate ``n`` samples of one prompt, yielding each as it finishes.
 
         The batch is kept full: a new sample starts as soon as there is room, drawing
-        ``config.num_negatives`` examples from ``pool`` (joined by ``separator_ids`` in "concat"
-        mode), and every finished sample is added to ``pool`` (without its EOS) before the next
-        one starts. Sample i is seeded with ``config.seed + i`` when the config has a seed, so a
-        run is reproducible.
+        ``config.num_negatives`` examples from ``pool`` (framed as the pool says), and every finished sample is added to ``pool`` (without its EOS) before the next
+        one starts. Sample i is seeded with ``config.seed + seed_offset + i`` when the config has a
+        seed, so a run is reproducible, and a resumed run (``seed_offset`` = samples already
+        started) does not repeat the seeds it used before.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
+            raise ValueError(f"seed_offset must be an int >= 0, got {seed_offset!r}")
         config = self.config
         scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
         default_seed = self._default_seed()
@@ -152,10 +154,10 @@ class SteerEngine:
         while started < n or scheduler.has_work:
             while started < n and not scheduler.waiting:  # top up: one group waits for room
                 indices = pool.draw(config.num_negatives) if config.eta != 0 else []
-                negatives = pool.negative_streams(indices, config.negative_mode, list(separator_ids)) if indices else []
+                negatives = pool.negative_streams(indices, config.negative_mode) if indices else []
                 request = Request(
                     prompt_ids, negatives, config.max_new_tokens, min_new_tokens=min_new_tokens,
-                    seed=default_seed + started, eos_token_id=eos_token_id,
+                    seed=default_seed + seed_offset + started, eos_token_id=eos_token_id,
                 )
                 scheduler.add(self._group(started, request))
                 drawn[started] = indices

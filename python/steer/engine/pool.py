@@ -3,21 +3,40 @@
 Each new sample draws its N negative examples at random from the pool as it stands when the
 sample starts (DESIGN.md section 2), and every finished sample joins the pool, so later samples
 are pushed away from earlier ones as well as from the real data.
+
+A negative context frames the drawn examples the way the model saw its training data, so that
+what the expert predicts next on it is "another example like these":
+
+    prefix + example_1 + separator + example_2 + ... + example_N + suffix        ("concat")
+    prefix + example_i + suffix, one stream per example                          ("separate")
+
+and the group's generated tokens follow it. With a BOS/EOS-trained model, prefix = the prompt,
+separator = suffix = [eos] + prompt.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 
 class NegativePool:
-    def __init__(self, examples: list[list[int]], *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        examples: list[list[int]],
+        *,
+        seed: int | None = None,
+        prefix: Sequence[int] = (),
+        separator: Sequence[int] = (),
+        suffix: Sequence[int] = (),
+    ) -> None:
         self.examples = [list(e) for e in examples]
         if not self.examples:
             raise ValueError("the negative pool needs at least one example")
         for index, example in enumerate(self.examples):
             if not example:
                 raise ValueError(f"pool example {index} is empty")
+        self.prefix, self.separator, self.suffix = list(prefix), list(separator), list(suffix)
         self._rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -34,13 +53,14 @@ class NegativePool:
         self.examples.append(list(tokens))
         return len(self.examples) - 1
 
-    def negative_streams(self, indices: list[int], mode: str, separator: list[int]) -> list[list[int]]:
-        """The expert's negative contexts for these examples: one stream of them joined by
-        ``separator`` ("concat", the paper's), or one stream each ("separate")."""
+    def negative_streams(self, indices: list[int], mode: str) -> list[list[int]]:
+        """The expert's negative contexts for these examples: one stream of them joined by the
+        separator ("concat", the paper's), or one stream each ("separate"); each framed by the
+        prefix and suffix."""
         chosen = [self.examples[i] for i in indices]
         if mode == "separate":
-            return chosen
-        joined = list(chosen[0])
+            return [self.prefix + example + self.suffix for example in chosen]
+        joined = list(self.prefix) + list(chosen[0])
         for example in chosen[1:]:
-            joined += list(separator) + example
-        return [joined]
+            joined += self.separator + example
+        return [joined + self.suffix]

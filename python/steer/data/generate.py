@@ -1,0 +1,319 @@
+"""``steer generate``: real examples in, ``n`` synthetic samples out, resumable.
+
+The job, in order:
+
+1. check every argument and input file, and the tokenizers (``plan_generation``): nothing heavy
+   is loaded before the input is known to be good;
+2. open the output (``SampleWriter``): a torn last line of a killed run is cut off, the complete
+   records are kept and checked to come from the same settings;
+3. rebuild the negative pool: the real examples, then every synthetic sample already written, in
+   order (a resumed run is pushed away from what the killed run wrote, as if it had not stopped);
+4. run the engine until the file holds ``n`` records, writing each sample as it finishes.
+
+Each record says what produced it: the STEER settings, its seed, and the ids of the negative
+examples it was pushed away from ("real:17" is line 17 of the real set, counting from 0;
+"synthetic:3" is the record with id 3 of this file).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from steer.config import SteerConfig
+from steer.data.io import DataError, SampleWriter, texts_digest
+from steer.data.models import ModelSources, load_models, load_tokenizer, pick_device, pick_dtype
+from steer.engine.pool import NegativePool
+
+# Settings that must match between a run and the run that resumes it.
+RUN_FIELDS = (
+    "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
+    "run_seed", "expert", "base", "prompt", "real_digest",
+)
+MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What ``steer generate`` was asked for (parsed, not yet checked)."""
+
+    real_texts: list[str]
+    real_name: str
+    expert: str
+    base: str | None
+    prompt: str
+    n: int
+    out: Path
+    config: SteerConfig  # its seed is the run's seed
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    resume: bool = False
+    keep_duplicates: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class GenerationPlan:
+    """Everything checked and tokenised; what is left is loading the models and running."""
+
+    request: GenerateRequest
+    sources: ModelSources
+    tokenizer: object
+    prompt_ids: list[int]
+    separator_ids: list[int]
+    eos_token_id: int | None
+    real_token_ids: list[list[int]]
+    truncated_examples: int
+    run_metadata: dict
+
+
+def _check_request(request: GenerateRequest) -> None:
+    if isinstance(request.n, bool) or not isinstance(request.n, int) or request.n < 1:
+        raise DataError(f"--n must be a whole number >= 1, got {request.n!r}")
+    if isinstance(request.batch_size, bool) or not isinstance(request.batch_size, int) or request.batch_size < 1:
+        raise DataError(f"--batch-size must be a whole number >= 1, got {request.batch_size!r}")
+    if not request.real_texts:
+        raise DataError(f"the real set {request.real_name} is empty: STEER needs real examples for its negative pool")
+    if request.config.seed is None:
+        raise DataError("a generation run needs a seed (--seed) so that it can be resumed reproducibly")
+    out = request.out
+    if out.exists() and out.is_dir():
+        raise DataError(f"--out {out} is a directory: give a .jsonl file path")
+    if out.exists() and out.stat().st_size > 0 and not request.resume:
+        raise DataError(f"--out {out} already exists: pass --resume to continue that run, or choose another file (steer never overwrites)")
+
+
+def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt as the model saw its training text begin: with BOS when the tokenizer has one."""
+    ids = list(tokenizer(prompt)["input_ids"]) if prompt else []
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    if not ids:
+        raise DataError("the prompt is empty and the tokenizer has no BOS token to start from: give --prompt")
+    return ids
+
+
+def _example_budget(max_positions: int | None, config: SteerConfig, prefix: int, separator: int) -> int | None:
+    """Most tokens of one negative example so that every negative context plus the generated
+    tokens fits the model's context window; None when the model states no limit."""
+    if max_positions is None or config.eta == 0:
+        return None
+    per_stream = config.num_negatives if config.negative_mode == "concat" else 1
+    room = max_positions - config.max_new_tokens - prefix
+    budget = room // per_stream - separator
+    if budget < 1:
+        raise DataError(
+            f"the model's context ({max_positions} tokens) cannot hold {per_stream} negative example(s) plus "
+            f"--max-new-tokens {config.max_new_tokens}: lower --num-negatives or --max-new-tokens, or use --negative-mode separate"
+        )
+    return budget
+
+
+def plan_generation(request: GenerateRequest) -> GenerationPlan:
+    """Check the request and tokenise its inputs; raises DataError naming the first problem."""
+    _check_request(request)
+    config = request.config
+    sources = ModelSources.resolve(request.expert, request.base, needs_base=config.gamma != 0)
+    tokenizer = load_tokenizer(sources)
+    prompt_ids = _prompt_ids(tokenizer, request.prompt)
+    eos = tokenizer.eos_token_id
+    # Between examples of a negative context: end one example and begin the next one as the prompt does.
+    separator_ids = ([eos] if eos is not None else list(tokenizer("\n", add_special_tokens=False)["input_ids"])) + prompt_ids
+    budget = _example_budget(sources.max_positions(), config, len(prompt_ids), len(separator_ids))
+    real_token_ids, truncated = [], 0
+    for index, text in enumerate(request.real_texts):
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise DataError(f"real example {index} of {request.real_name} tokenises to nothing")
+        if budget is not None and len(ids) > budget:
+            ids, truncated = ids[:budget], truncated + 1
+        real_token_ids.append(ids)
+    metadata = {
+        "gamma": config.gamma, "eta": config.eta, "num_negatives": config.num_negatives,
+        "negative_mode": config.negative_mode, "top_k": config.top_k, "top_p": config.top_p,
+        "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
+        "expert": request.expert, "base": request.base, "prompt": request.prompt,
+        "real_digest": texts_digest(request.real_texts),
+    }
+    return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata)
+
+
+def _check_resumable(path: Path, existing: list[dict], metadata: dict, n: int) -> None:
+    for number, record in enumerate(existing, start=1):
+        differing = [f"{key}: file {record.get(key)!r} vs now {metadata[key]!r}" for key in RUN_FIELDS if record.get(key) != metadata[key]]
+        if differing:
+            raise DataError(
+                f"{path} line {number} was written with other settings ({'; '.join(differing)}): resume with the same "
+                "arguments, or write to another --out"
+            )
+    if len(existing) > n:
+        raise DataError(f"{path} already holds {len(existing)} samples, more than --n {n}")
+
+
+class SyntheticPool(NegativePool):
+    """The negative pool of a dataset run: real examples, then the samples written so far.
+
+    A finished sample joins the pool only when it is accepted: not empty and, unless duplicates
+    are kept, not a repeat of an earlier sample. ``labels[i]`` names pool entry i in the output.
+    """
+
+    def __init__(self, plan: GenerationPlan, existing: list[dict], *, seed: int) -> None:
+        tokenizer = plan.tokenizer
+        synthetic = [list(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in existing]
+        super().__init__(
+            plan.real_token_ids + [s for s in synthetic if s], seed=seed,
+            prefix=plan.prompt_ids, separator=plan.separator_ids, suffix=plan.separator_ids,
+        )
+        self.tokenizer, self.keep_duplicates = tokenizer, plan.request.keep_duplicates
+        self.labels = [f"real:{i}" for i in range(len(plan.real_token_ids))]
+        self.labels += [f"synthetic:{r['id']}" for r, s in zip(existing, synthetic) if s]
+        self.seen = {_normalise(r["text"]) for r in existing}
+        self.next_id = max((r["id"] for r in existing), default=-1) + 1
+        self.accepted_text: str | None = None
+
+    def add(self, tokens: list[int]) -> int:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        key = _normalise(text)
+        if not key or (not self.keep_duplicates and key in self.seen):
+            self.accepted_text = None
+            return -1
+        self.seen.add(key)
+        self.accepted_text = text
+        self.labels.append(f"synthetic:{self.next_id}")
+        return super().add(tokens)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+class Progress:
+    """A one-line progress report on stderr: samples, samples/s, tokens/s and time left."""
+
+    def __init__(self, total: int, done: int, *, quiet: bool, stream=None) -> None:
+        self.total, self.done, self.start_done = total, done, done
+        self.tokens, self.quiet, self.stream = 0, quiet, stream or sys.stderr
+        self.start = time.perf_counter()
+        self.last_print = 0.0
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, samples: int, tokens: int) -> None:
+        self.done += samples
+        self.tokens += tokens
+        now = time.perf_counter()
+        if self.quiet or (now - self.last_print < (0.2 if self.interactive else 5.0) and self.done < self.total):
+            return
+        self.last_print = now
+        self._print(now)
+
+    def _print(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else math.inf
+        width = 24
+        filled = int(width * self.done / self.total)
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} samples | "
+            f"{rate:.1f} samples/s | {self.tokens / elapsed:.0f} tokens/s | "
+            f"{'--' if math.isinf(left) else f'{left:.0f}s'} left"
+        )
+        end = "\r" if self.interactive and self.done < self.total else "\n"
+        print(line, end=end, file=self.stream, flush=True)
+
+
+@dataclass
+class GenerationSummary:
+    out: Path
+    written: int
+    resumed_from: int
+    attempts: int
+    dropped_duplicates: int
+    dropped_empty: int
+    tokens: int
+    seconds: float
+    truncated_examples: int
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "out": str(self.out)}
+
+
+def build_engine(plan: GenerationPlan, models=None):
+    """The SteerEngine of a plan, loading its models (or reusing ``models`` = (expert, base))."""
+    from steer.engine.engine import SteerEngine
+
+    request = plan.request
+    device = pick_device(request.device)
+    dtype = pick_dtype(request.dtype, device)
+    expert, base = models if models is not None else load_models(plan.sources, dtype=dtype)
+    config = request.config
+    streams = 1 + (config.gamma != 0) + (config.num_negative_streams if config.eta != 0 else 0)
+    vocab = len(plan.tokenizer)
+    head_rows = expert.get_output_embeddings().weight.shape[0]
+    return SteerEngine(
+        expert, base if config.gamma != 0 else None, config=config, device=device, dtype=dtype,
+        max_batch_rows=request.batch_size * streams, vocab_size=min(vocab, head_rows),
+    )
+
+
+def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> GenerationSummary:
+    """Write samples to ``plan.request.out`` until it holds ``n``; resumes what is already there."""
+    request = plan.request
+    with SampleWriter(request.out) as writer:
+        existing = writer.existing
+        _check_resumable(request.out, existing, plan.run_metadata, request.n)
+        seed = request.config.seed
+        # Resume after the last seed used, so no seed and no pool draw of the killed run repeats.
+        next_attempt = max((r["seed"] - seed + 1 for r in existing), default=0)
+        pool = SyntheticPool(plan, existing, seed=seed * 1_000_003 + next_attempt)
+        summary = GenerationSummary(request.out, len(existing), len(existing), 0, 0, 0, 0, 0.0, plan.truncated_examples)
+        if len(existing) >= request.n:
+            return summary
+        engine = engine if engine is not None else build_engine(plan, models)
+        progress = Progress(request.n, len(existing), quiet=request.quiet)
+        start = time.perf_counter()
+        max_attempts = MAX_ATTEMPTS_PER_SAMPLE * (request.n - len(existing))
+        while summary.written < request.n:
+            if summary.attempts >= max_attempts:
+                raise DataError(
+                    f"{summary.attempts} samples gave only {summary.written - summary.resumed_from} new distinct texts "
+                    f"({summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty): the model repeats itself; "
+                    "raise --temperature, --eta or --top-k, or pass --keep-duplicates"
+                )
+            needed = request.n - summary.written
+            results = engine.run(plan.prompt_ids, needed, pool, eos_token_id=plan.eos_token_id, seed_offset=next_attempt)
+            for result in results:
+                summary.attempts += 1
+                summary.tokens += len(result.token_ids)
+                if pool.accepted_text is None:
+                    empty = not pool.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+                    summary.dropped_empty += empty
+                    summary.dropped_duplicates += not empty
+                    progress.update(0, len(result.token_ids))
+                    continue
+                writer.write(_record(plan, pool, result))
+                summary.written += 1
+                progress.update(1, len(result.token_ids))
+            next_attempt += needed
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+
+def _record(plan: GenerationPlan, pool: SyntheticPool, result) -> dict:
+    record_id = pool.next_id
+    if pool.labels[-1] != f"synthetic:{record_id}":
+        raise RuntimeError("the pool and the output disagree on the sample's id")  # add() and _record() out of step
+    pool.next_id += 1
+    return {
+        "id": record_id,
+        "text": pool.accepted_text,
+        "finish_reason": result.finish_reason,
+        "num_tokens": len(result.token_ids),
+        "seed": result.seed,
+        "negative_ids": [pool.labels[i] for i in result.negative_example_ids],
+        **plan.run_metadata,
+    }
