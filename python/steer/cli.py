@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:  # bad input, said in one line
         print(f"steer {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except ImportError as error:  # an optional dependency (the data extra) is missing
+        print(f"steer {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\nsteer {args.command}: interrupted; every sample written so far is kept (continue with --resume)", file=sys.stderr)
         return 130

@@ -31,6 +31,8 @@ from collections import Counter
 
 import numpy as np
 
+from steer.data.io import DataError
+
 MIN_TEXTS = 10
 """Fewest texts per side that :func:`evaluate` accepts (5-fold authenticity needs 5 per class;
 k-NN radii and MAUVE's histograms need a few more)."""
@@ -377,9 +379,9 @@ def _check_side(texts, name: str) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"{name} text {i} is a {type(text).__name__}, not a string")
     if not texts:
-        raise ValueError(f"the {name} set is empty: nothing to evaluate")
+        raise DataError(f"the {name} set is empty: nothing to evaluate")
     if len(texts) < MIN_TEXTS:
-        raise ValueError(f"the {name} set has {len(texts)} texts; evaluation needs at least {MIN_TEXTS}")
+        raise DataError(f"the {name} set has {len(texts)} texts; evaluation needs at least {MIN_TEXTS}")
     return texts
 
 
