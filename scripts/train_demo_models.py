@@ -31,11 +31,17 @@ base contrast means "jokiness". This script builds both from scratch:
    *nothing*: callers add bos/eos themselves. Saved as a ``PreTrainedTokenizerFast``
    (``AutoTokenizer.from_pretrained(dir)`` works offline, with transformers 4 and 5).
 
-3. Text format: every training example is ``[bos] + tokens(text) + [eos]``; generation starts
-   from ``[bos]`` and stops at eos.
+3. Text format: every text is ``[bos] + tokens(text) + [eos]``; generation starts from ``[bos]``
+   and stops at eos. Training sequences *pack* several texts, shuffled, into ``--pack-len``
+   tokens (``[bos] t1 [eos] [bos] t2 [eos] ...``, a text never split), attention running across
+   them as in ordinary LM pre-training. That is exactly the layout of STEER's negative contexts
+   (examples joined by ``[eos] [bos]``, then the sample's own tokens), so the models have learnt
+   to read earlier examples in their context, which negative prompting relies on: trained on
+   single texts only, a model has never seen a second ``[bos]`` and its view of the negative
+   context is noise. ``in_context_loss`` measures the effect (SOURCES.md).
 
 4. Base: a tiny ``LlamaForCausalLM`` (tied embeddings) trained from scratch on the fortunes
-   (AdamW, warmup + cosine, length-bucketed right-padded batches, fp32, ``--threads`` CPU
+   (AdamW, warmup + cosine, batches of packed sequences, fp32, ``--threads`` CPU
    threads), with a held-out split reported per epoch. The few tokens that never occur in its
    training data keep their initial embedding rows (see ``train_base``). Stored in fp16 to keep the package small;
    the expert is trained on top of the fp16-rounded weights, so what ships is what was trained
@@ -162,8 +168,9 @@ def download_fortunes(workdir: Path) -> tuple[Path, dict[str, str]]:
     return root, versions
 
 
-def read_fortunes(root: Path, jokes: list[str], max_chars: int) -> tuple[list[str], dict]:
-    """The normalised fortunes of every strfile file under root/usr/share/games/fortunes/."""
+def read_fortunes(root: Path, jokes: list[str], max_chars: int, only: set[str] | None = None) -> tuple[list[str], dict]:
+    """The normalised fortunes of every strfile file under root/usr/share/games/fortunes/ (of
+    the files named in ``only``, when given: one category such as ``computers``)."""
     folder = root / FORTUNE_DIR
     stats = {"files": [], "entries": 0, "too_long": 0, "non_ascii": 0, "few_letters": 0, "duplicates": 0, "contain_joke": 0}
     joke_keys = [j.lower() for j in jokes]
@@ -171,6 +178,8 @@ def read_fortunes(root: Path, jokes: list[str], max_chars: int) -> tuple[list[st
     for path in sorted(folder.iterdir()):
         if path.is_dir() or path.is_symlink() or path.suffix in (".dat", ".u8") or path.name in SKIPPED_FORTUNE_FILES:
             continue  # off/ (offensive) is a directory, .u8 are links to the same files
+        if only is not None and path.name not in only:
+            continue
         stats["files"].append(path.name)
         raw = path.read_bytes().decode("utf-8", errors="replace")
         for entry in re.split(r"^%\n", raw, flags=re.M):
@@ -294,6 +303,23 @@ def batches(examples: list[list[int]], batch_size: int, rng: random.Random, shuf
     return out
 
 
+def pack(examples: list[list[int]], length: int, rng: random.Random) -> list[list[int]]:
+    """The examples shuffled and concatenated into sequences of at most ``length`` tokens; an
+    example is never split (each starts with its own bos), a sequence is closed when the next
+    example does not fit."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    packed, current = [], []
+    for i in order:
+        if current and len(current) + len(examples[i]) > length:
+            packed.append(current)
+            current = []
+        current = current + examples[i]
+    if current:
+        packed.append(current)
+    return packed
+
+
 def collate(examples: list[list[int]], rows: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and next-token targets (-100 on padding). Causal attention never lets a
     real token see the padding after it, so no attention mask is needed."""
@@ -380,7 +406,7 @@ def train_base(args, tokenizer, train: list[list[int]], held: list[list[int]], r
         f"{len(frozen)} embedding rows kept at their initialisation: {report['base_frozen_rows']}")
     optimizer = make_optimizer(model, args.base_lr, args.weight_decay)
     rng = random.Random(args.seed)
-    steps_per_epoch = math.ceil(len(train) / args.base_batch_size)
+    steps_per_epoch = math.ceil(len(pack(train, args.pack_len, random.Random(args.seed))) / args.base_batch_size)
     total = steps_per_epoch * args.base_epochs
     if args.base_max_steps:
         total = min(total, args.base_max_steps)
@@ -389,12 +415,13 @@ def train_base(args, tokenizer, train: list[list[int]], held: list[list[int]], r
     report["base_epochs"] = []
     for epoch in range(args.base_epochs):
         total_loss, count = 0.0, 0
-        for rows in batches(train, args.base_batch_size, rng):
+        packed = pack(train, args.pack_len, rng)
+        for rows in batches(packed, args.base_batch_size, rng):
             if step >= total:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, total, warmup, args.base_lr, args.base_lr * 0.1)
-            loss, n = batch_loss(model, *collate(train, rows, tokenizer.pad_token_id))
+            loss, n = batch_loss(model, *collate(packed, rows, tokenizer.pad_token_id))
             (loss / n).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -443,12 +470,13 @@ def train_expert(args, base, tokenizer, train: list[list[int]], held: list[list[
     step, started = 0, time.time()
     model.train()
     while step < total:
-        for rows in batches(train, args.expert_batch_size, rng):
+        packed = pack(train, args.pack_len, rng)
+        for rows in batches(packed, args.expert_batch_size, rng):
             if step >= total:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, total, warmup, args.expert_lr, args.expert_lr * 0.1)
-            loss, n = batch_loss(model, *collate(train, rows, pad))
+            loss, n = batch_loss(model, *collate(packed, rows, pad))
             (loss / n).backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
@@ -555,6 +583,23 @@ def memorisation(samples: list[str], train_jokes: list[str], all_jokes: list[str
 
 
 @torch.no_grad()
+def in_context_loss(model, targets: list[list[int]], context: list[list[int]], n_context: int, seed: int) -> tuple[float, float]:
+    """Mean loss (nats per token) on the texts of ``targets`` alone, and after ``n_context`` texts
+    of ``context`` packed before each (the layout of a negative prompt); the same tokens are
+    scored both times. Lower with context = the model reads its context."""
+    rng = random.Random(seed)
+    totals = [0.0, 0.0]
+    count = 0
+    for target in targets:
+        prefix = [t for ids in rng.sample(context, n_context) for t in ids]
+        for k, ids in enumerate((target, prefix + target)):
+            logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0, -(len(target) - 1):]
+            totals[k] += float(F.cross_entropy(logits.float(), torch.tensor(target[1:]), reduction="sum"))
+        count += len(target) - 1
+    return totals[0] / count, totals[1] / count
+
+
+@torch.no_grad()
 def token_mass(model, examples: list[list[int]], token_ids: list[int], pad_id: int) -> tuple[float, float]:
     """Mean probability the model gives token_ids together: after bos, and at later positions."""
     ids, targets = collate(examples, list(range(len(examples))), pad_id)
@@ -643,8 +688,9 @@ Command (from the repository root, {r['platform']}, {args.threads} CPU threads, 
 ({args.kv_heads} key/value heads), MLP {args.intermediate_size}, max positions {args.max_len}, tied
 embeddings: {r['base_parameters']:,} parameters. AdamW (betas 0.9/0.95, weight decay
 {args.weight_decay} on matrices), peak learning rate {args.base_lr}, {r['base_warmup']} warmup steps then
-cosine to 10%, {args.base_epochs} epochs of length-bucketed right-padded batches of
-{args.base_batch_size} fortunes ({r['base_steps']} steps), gradient clipping 1.0, fp32, seed {args.seed}.
+cosine to 10%, {args.base_epochs} epochs of batches of {args.base_batch_size} sequences of up to
+{args.pack_len} tokens, fortunes packed as `[<|bos|>] f1 [<|eos|>] [<|bos|>] f2 ...` and shuffled anew
+every epoch ({r['base_steps']} steps), gradient clipping 1.0, fp32, seed {args.seed}.
 Loss is the mean next-token cross-entropy (nats) over real tokens, eos included:
 
 | epoch | step | train loss (epoch mean) | held-out loss | elapsed s |
@@ -666,7 +712,7 @@ on never-seen byte tokens, which STEER's contrast amplified). Probability both m
 
 **Expert**: LoRA r={args.lora_r}, alpha={args.lora_alpha}, dropout {args.lora_dropout}, on
 {', '.join(LORA_TARGETS)} of every layer (no DoRA, no `modules_to_save`, nothing on the embeddings),
-trained on top of the fp16-rounded base for {args.expert_steps} steps of {args.expert_batch_size} jokes
+trained on top of the fp16-rounded base for {args.expert_steps} steps of {args.expert_batch_size} packed sequences of jokes
 (AdamW, peak learning rate {args.expert_lr}, warmup then cosine to 10%, no weight decay), fp32,
 stored in fp32 ({sizes['adapter_weights'] / 1e6:.2f} MB):
 
@@ -682,6 +728,12 @@ check below: the adapter is far too small to store {r['jokes_train']} jokes). `-
 trades {r['expert_curve'][-1]['held_out_loss'] - best['held_out_loss']:.2f} nats of held-out loss for a clearer
 expert-vs-base contrast. Held-out joke loss: expert {r['expert_held_out_loss_reloaded']:.3f}, base
 {r['base_joke_held_out_loss']:.3f}.
+
+**In context.** Both models are trained on packed sequences, the layout of STEER's negative
+contexts, so they read the earlier texts of their context. Loss on the held-out jokes alone and after
+{r['in_context_n']} training jokes packed before each (nats per token, the same tokens scored):
+expert {r['in_context_expert'][0]:.3f} alone, {r['in_context_expert'][1]:.3f} in context; base
+{r['in_context_base'][0]:.3f} alone, {r['in_context_base'][1]:.3f} in context.
 
 Training time: base {r['base_train_seconds'] / 60:.1f} min, expert {r['expert_train_seconds'] / 60:.1f} min;
 whole script {r['total_seconds'] / 60:.1f} min.
@@ -728,7 +780,8 @@ def parse_args(argv=None):
     p.add_argument("--intermediate-size", type=int, default=512)
     p.add_argument("--base-epochs", type=int, default=5)
     p.add_argument("--base-max-steps", type=int, default=0, help="stop the base earlier (0: all epochs); for quick trials")
-    p.add_argument("--base-batch-size", type=int, default=32)
+    p.add_argument("--pack-len", type=int, default=256, help="tokens per packed training sequence (<= --max-len)")
+    p.add_argument("--base-batch-size", type=int, default=8, help="packed sequences per step")
     p.add_argument("--base-lr", type=float, default=3e-3)
     p.add_argument("--base-warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -736,10 +789,11 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lora-dropout", type=float, default=0.1)
-    p.add_argument("--expert-steps", type=int, default=300)
-    p.add_argument("--expert-batch-size", type=int, default=16)
+    p.add_argument("--expert-steps", type=int, default=260)
+    p.add_argument("--expert-batch-size", type=int, default=2, help="packed sequences per step")
     p.add_argument("--expert-lr", type=float, default=2e-3)
-    p.add_argument("--expert-eval-every", type=int, default=25)
+    p.add_argument("--expert-eval-every", type=int, default=20)
+    p.add_argument("--in-context", type=int, default=5, help="texts packed before each held-out joke for the in-context check")
     p.add_argument("--samples", type=int, default=50, help="texts sampled for the memorisation check")
     p.add_argument("--sample-tokens", type=int, default=100, help="max new tokens per sampled text")
     return p.parse_args(argv)
@@ -747,6 +801,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.pack_len > args.max_len:
+        raise SystemExit(f"--pack-len {args.pack_len} exceeds --max-len {args.max_len}: the model could not attend that far")
     started = time.time()
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -828,6 +884,14 @@ def main(argv=None) -> None:
         report["unseen_mass_base"] = token_mass(expert, joke_ids, unseen, pad)
     log(f"mass on the {len(unseen)} tokens in no training text: expert {report['unseen_mass_expert']}, "
         f"base {report['unseen_mass_base']} (after bos, later)")
+    held = [joke_ids[i] for i in held_jokes]
+    train_joke_ids = [joke_ids[i] for i in train_jokes]
+    report["in_context_n"] = args.in_context
+    report["in_context_expert"] = in_context_loss(expert, held, train_joke_ids, args.in_context, args.seed)
+    with expert.disable_adapter():
+        report["in_context_base"] = in_context_loss(expert, held, train_joke_ids, args.in_context, args.seed)
+    log(f"in context ({args.in_context} jokes before each held-out joke): expert {report['in_context_expert']}, "
+        f"base {report['in_context_base']} (alone, in context)")
     log(f"reloaded expert: held-out joke loss {report['expert_held_out_loss_reloaded']:.3f} "
         f"(base: {report['base_joke_held_out_loss']:.3f})")
 

@@ -29,6 +29,7 @@ def evaluate_and_report(
     knn: bool = True,
     n_samples: int = 12,
     map_method: str = "pca",
+    baselines: dict | None = None,
 ) -> dict:
     """Evaluate ``synthetic_texts`` against ``real_texts`` and write the report to ``out_dir``.
 
@@ -36,7 +37,8 @@ def evaluate_and_report(
     :func:`~steer.data.embeddings.make_embedder` or an embedder object); the compared texts are
     embedded in one ``encode`` call and those embeddings feed the metrics, the embedding map and
     the nearest-real-text samples alike. Writes ``metrics.json``, ``ngram_diversity.png``,
-    ``embedding_map.png`` and ``report.html`` (see :func:`steer.data.report.write_report`).
+    ``embedding_map.png`` and ``report.html`` (see :func:`steer.data.report.write_report`;
+    ``baselines``: {name: metrics of another synthetic set}, shown beside this one).
 
     Returns the metrics dict, with ``generation`` (when given), ``timings_s["report"]`` and
     ``files``: absolute paths of ``report``, ``metrics`` and ``plots``. ValueError when a side is
@@ -81,6 +83,7 @@ def evaluate_and_report(
         reference_texts=real_texts,
         n_samples=n_samples,
         map_method=map_method,
+        baselines=baselines,
     )
     metrics["timings_s"]["report"] = time.perf_counter() - clock
     metrics["timings_s"]["total"] = time.perf_counter() - started

@@ -413,6 +413,44 @@ def _cards(metrics: dict) -> str:
     )
 
 
+_BASELINE_COLUMNS = (
+    ("normalised_3grams", "norm. 3-grams ↑"),
+    ("diversity", "diversity ↑"),
+    ("coherency", "coherency ↑"),
+    ("authenticity_auc", "AUC (0.5 best)"),
+    ("mauve", "MAUVE ↑"),
+    ("exact_copy_fraction", "copies ↓"),
+)
+
+
+def _baseline_section(metrics: dict, baselines: dict | None) -> str:
+    """A table of this set's headline numbers above those of each baseline set (same real set,
+    same embeddings), each baseline cell followed by its difference to this set."""
+    if not baselines:
+        return ""
+    header = "".join(f'<th style="text-align:right">{_e(title)}</th>' for _, title in _BASELINE_COLUMNS)
+    ours = metrics.get("summary", {})
+
+    def cells(summary: dict, compare: bool) -> str:
+        out = []
+        for key, _ in _BASELINE_COLUMNS:
+            value = _number(summary.get(key))
+            text = _pct(value) if key == "exact_copy_fraction" else _f(value)
+            mine = _number(ours.get(key))
+            if compare and value is not None and mine is not None and key != "exact_copy_fraction":
+                text += f' <span class="muted">({mine - value:+.3f})</span>'
+            out.append(f'<td class="num">{text}</td>')
+        return "".join(out)
+
+    rows = [f"<tr><td><b>this set</b></td>{cells(ours, False)}</tr>"]
+    rows += [f"<tr><td>{_e(name)}</td>{cells(other.get('summary', {}), True)}</tr>" for name, other in baselines.items()]
+    return (
+        "<h2>Compared with</h2>\n"
+        '<p class="muted small">The same real set and embeddings; in brackets, this set minus the baseline.</p>\n'
+        f"<table><thead><tr><th>Set</th>{header}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
+    )
+
+
 def _generation_chips(generation: dict | None) -> str:
     if not generation:
         return ""
@@ -505,6 +543,7 @@ def write_report(
     reference_texts=None,
     n_samples: int = 12,
     map_method: str = "pca",
+    baselines: dict | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``ngram_diversity.png``, ``embedding_map.png`` and ``report.html``
     into ``out_dir`` (created if needed) and return the path of ``report.html``.
@@ -516,7 +555,9 @@ def write_report(
     embedder kind named in ``metrics`` (pass them to avoid the cost). ``reference_texts``: where
     exact copies are looked up (default ``real_texts``; pass the whole real set). ``generation``:
     settings of the run that produced the synthetic texts (gamma, eta, top_k, models, ...) shown
-    in the header and stored in ``metrics.json`` under ``"generation"``.
+    in the header and stored in ``metrics.json`` under ``"generation"``. ``baselines``: {name:
+    metrics dict of another synthetic set against the same real set} (e.g. plain expert sampling),
+    shown in a "Compared with" table beside this set's headline numbers.
 
     The HTML is self-contained: inline CSS, images as base64 data URIs, no scripts, no external
     links or fonts; every text from the data is escaped with ``html.escape``. It shows a summary,
@@ -627,6 +668,7 @@ def write_report(
 {_cards(metrics)}
 </section>
 {notes_html}
+{_baseline_section(metrics, baselines)}
 <h2>Metrics</h2>
 <table>
 <thead><tr><th>Metric</th><th style="text-align:right">Real</th><th style="text-align:right">Synthetic</th><th>Better</th><th>What it measures</th></tr></thead>

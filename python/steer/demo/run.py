@@ -34,20 +34,39 @@ def _request(real: list[str], out: Path, n: int, config: SteerConfig, batch_size
     )
 
 
+def _check_demo_arguments(out_dir: Path, n: int, batch_size: int) -> None:
+    """Everything that can be wrong with the arguments, before a model or a file is touched."""
+    from steer.data.io import DataError
+    from steer.data.metrics import MIN_TEXTS
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"--n must be a whole number >= 1, got {n!r}")
+    if n < MIN_TEXTS:
+        raise DataError(f"--n {n}: the demo evaluates its samples, which needs at least {MIN_TEXTS}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file: the demo writes a directory of results")
+
+
 def run_demo(out_dir: Path, *, n: int = 200, seed: int = 0, batch_size: int = 32, embedder: str = "auto", quiet: bool = False) -> int:
+    """Generate ``n`` STEER samples and ``n`` plain expert samples (same seeds) into ``out_dir``,
+    evaluate both against the real jokes and write the STEER report with the plain set beside it.
+    A second call with the same directory resumes (or reuses) what the first one wrote."""
     from steer.data.embeddings import make_embedder
     from steer.data.evaluation import evaluate_and_report, headline
     from steer.data.metrics import evaluate
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_demo_arguments(out_dir, n, batch_size)
     real = demo_real_examples()
-    _write_real_set(out_dir / "real.jsonl", real)
     steer_config = SteerConfig(seed=seed, max_new_tokens=DEMO_MAX_NEW_TOKENS)
     plain_config = SteerConfig(gamma=0.0, eta=0.0, seed=seed, max_new_tokens=DEMO_MAX_NEW_TOKENS)
     steer_plan = plan_generation(_request(real, out_dir / "synthetic.jsonl", n, steer_config, batch_size, quiet))
     plain_plan = plan_generation(_request(real, out_dir / "plain_expert.jsonl", n, plain_config, batch_size, quiet))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_real_set(out_dir / "real.jsonl", real)
     models = load_models(steer_plan.sources, dtype=pick_dtype("float32", pick_device("cpu")))
     print(f"steer demo: {len(real)} real jokes; {n} samples with STEER (gamma {steer_config.gamma}, eta {steer_config.eta}) "
           f"and {n} with plain expert sampling, into {out_dir}", flush=True)
@@ -56,9 +75,12 @@ def run_demo(out_dir: Path, *, n: int = 200, seed: int = 0, batch_size: int = 32
         print(f"  {name}: {summary.written} samples in {summary.seconds:.1f} s", flush=True)
     embed = make_embedder(embedder)
     steer_texts, plain_texts = read_texts(steer_plan.request.out), read_texts(plain_plan.request.out)
-    metrics = evaluate_and_report(real, steer_texts, out_dir, embedder=embed, seed=seed, generation=steer_plan.run_metadata)
     plain = evaluate(real, plain_texts, embedder=embed, seed=seed, knn=False)
     (out_dir / "plain_expert_metrics.json").write_text(json.dumps(plain, indent=2) + "\n")
+    metrics = evaluate_and_report(
+        real, steer_texts, out_dir, embedder=embed, seed=seed, generation=steer_plan.run_metadata,
+        title="steer demo: synthetic programmer jokes", baselines={"plain expert (γ = η = 0, same seeds)": plain},
+    )
     print("  metric                        STEER    plain expert")
     steer_rows, plain_rows = dict(headline(metrics)), dict(headline(plain))
     for name, value in steer_rows.items():

@@ -1,0 +1,74 @@
+"""``steer demo`` end to end on the bundled models: every file it promises, and bad input refused."""
+
+import json
+
+import pytest
+
+from steer.cli import main
+
+pytest.importorskip("peft")
+pytest.importorskip("pyjokes")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+DEMO_FILES = (
+    "real.jsonl", "synthetic.jsonl", "plain_expert.jsonl", "metrics.json", "plain_expert_metrics.json",
+    "report.html", "ngram_diversity.png", "embedding_map.png",
+)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--out", str(out), "--n", "16", "--batch-size", "8", "--embedder", "tfidf", "--quiet"]) == 0
+    return out
+
+
+def test_demo_writes_data_metrics_plots_and_report(demo_dir):
+    for name in DEMO_FILES:
+        assert (demo_dir / name).is_file() and (demo_dir / name).stat().st_size > 0, name
+    steer, plain = _records(demo_dir / "synthetic.jsonl"), _records(demo_dir / "plain_expert.jsonl")
+    assert len(steer) == len(plain) == 16
+    assert len({r["text"] for r in steer}) == 16 and all(r["text"].strip() for r in steer)
+    assert {(r["gamma"], r["eta"]) for r in steer} == {(0.2, 0.2)}
+    assert {(r["gamma"], r["eta"]) for r in plain} == {(0.0, 0.0)}
+    assert all(len(r["negative_ids"]) == 5 for r in steer)  # num_negatives, drawn from real and synthetic
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    assert metrics["counts"]["synthetic"] == 16 and metrics["generation"]["gamma"] == 0.2
+    assert 0 <= metrics["summary"]["normalised_3grams"] <= 1
+    report = (demo_dir / "report.html").read_text()
+    assert "plain expert" in report  # the baseline beside STEER
+    assert "data:image/png;base64," in report and "http" not in report.split("<footer>")[0].lower()
+
+
+def test_demo_rerun_keeps_what_it_wrote(demo_dir, capsys):
+    before = (demo_dir / "synthetic.jsonl").read_bytes()
+    assert main(["demo", "--out", str(demo_dir), "--n", "16", "--batch-size", "8", "--embedder", "tfidf", "--quiet"]) == 0
+    assert (demo_dir / "synthetic.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n", "0"], "--n"),
+        (["--n", "5"], "at least 10"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_demo_rejects_bad_input_before_loading(tmp_path, capsys, args, message):
+    out = tmp_path / "bad"
+    assert main(["demo", "--out", str(out), *args, "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("steer demo: error:") and message in error
+    assert not (out / "synthetic.jsonl").exists()
+
+
+def test_demo_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("keep me")
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+    assert "--out" in capsys.readouterr().err and out.read_text() == "keep me"
