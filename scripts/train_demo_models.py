@@ -730,10 +730,14 @@ expert-vs-base contrast. Held-out joke loss: expert {r['expert_held_out_loss_rel
 {r['base_joke_held_out_loss']:.3f}.
 
 **In context.** Both models are trained on packed sequences, the layout of STEER's negative
-contexts, so they read the earlier texts of their context. Loss on the held-out jokes alone and after
-{r['in_context_n']} training jokes packed before each (nats per token, the same tokens scored):
+contexts (examples joined by `<|eos|><|bos|>`, then the sample). Loss on the held-out jokes alone and
+after {r['in_context_n']} training jokes packed before each (nats per token, the same tokens scored):
 expert {r['in_context_expert'][0]:.3f} alone, {r['in_context_expert'][1]:.3f} in context; base
-{r['in_context_base'][0]:.3f} alone, {r['in_context_base'][1]:.3f} in context.
+{r['in_context_base'][0]:.3f} alone, {r['in_context_base'][1]:.3f} in context. Jokes say little about
+each other, so the context helps little, but it no longer hurts: an earlier version trained on
+single texts only scored 1.3 nats (expert) and 0.5 nats (base) *worse* with such a context, so its
+negative streams were noise to it, and negative prompting changed little
+(`benchmarks/results/quality/quality.md` measures these models).
 
 Training time: base {r['base_train_seconds'] / 60:.1f} min, expert {r['expert_train_seconds'] / 60:.1f} min;
 whole script {r['total_seconds'] / 60:.1f} min.

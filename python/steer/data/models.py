@@ -117,9 +117,13 @@ def load_models(sources: ModelSources, *, dtype: torch.dtype):
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True).eval()
 
     if sources.expert_adapter is not None:
+        import warnings
+
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(load(sources.base), sources.expert_adapter, is_trainable=False).eval(), None
+        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(load(sources.base), sources.expert_adapter, is_trainable=False).eval(), None
     return load(sources.expert), (load(sources.base) if sources.base else None)
 
 
