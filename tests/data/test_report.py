@@ -166,3 +166,19 @@ def test_evaluate_files_reads_the_run_settings(tmp_path):
     row = summary_row(metrics)
     assert set(row) == {"normalised_3grams", "diversity", "coherency", "centroid_cosine", "authenticity_auc", "mauve", "copies_of_real"}
     assert "copies ↓" in R.tradeoff_table_markdown([{"gamma": 0.2, "eta": 0.6, **row}])
+
+
+def test_baselines_table_shows_each_baseline_and_the_difference(tmp_path):
+    real, synthetic, other = _corpus(30, seed=0), _corpus(20, seed=1), _corpus(20, seed=2)
+    from steer.data.metrics import evaluate
+
+    baseline = evaluate(real, other, embedder="tfidf", seed=0, knn=False)
+    metrics = evaluate_and_report(real, synthetic, tmp_path, embedder="tfidf", seed=0, knn=False,
+                                  baselines={"plain <expert>": baseline})
+    page = (tmp_path / "report.html").read_text()
+    assert "Compared with" in page and "plain &lt;expert&gt;" in page and "plain <expert>" not in page
+    ours, theirs = metrics["summary"]["normalised_3grams"], baseline["summary"]["normalised_3grams"]
+    assert f"{theirs:.3f} <span class=\"muted\">({ours - theirs:+.3f})</span>" in page
+    no_baselines = tmp_path / "plain"
+    evaluate_and_report(real, synthetic, no_baselines, embedder="tfidf", seed=0, knn=False)
+    assert "Compared with" not in (no_baselines / "report.html").read_text()

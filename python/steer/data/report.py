@@ -442,11 +442,11 @@ def _baseline_section(metrics: dict, baselines: dict | None) -> str:
             out.append(f'<td class="num">{text}</td>')
         return "".join(out)
 
-    rows = [f"<tr><td><b>this set</b></td>{cells(ours, False)}</tr>"]
+    rows = [f"<tr><td><b>this report's set</b></td>{cells(ours, False)}</tr>"]
     rows += [f"<tr><td>{_e(name)}</td>{cells(other.get('summary', {}), True)}</tr>" for name, other in baselines.items()]
     return (
         "<h2>Compared with</h2>\n"
-        '<p class="muted small">The same real set and embeddings; in brackets, this set minus the baseline.</p>\n'
+        '<p class="muted small">Scored against the same real set with the same embeddings; in brackets, this report\'s set minus the baseline (positive: this set is higher).</p>\n'
         f"<table><thead><tr><th>Set</th>{header}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
     )
 
