@@ -72,3 +72,11 @@ def test_demo_refuses_an_out_that_is_a_file(tmp_path, capsys):
     out.write_text("keep me")
     assert main(["demo", "--out", str(out), "--quiet"]) == 2
     assert "--out" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+def test_generate_without_model_arguments_uses_the_demo_models(tmp_path):
+    out = tmp_path / "jokes.jsonl"
+    assert main(["generate", "--n", "4", "--out", str(out), "--max-new-tokens", "16", "--quiet"]) == 0
+    records = _records(out)
+    assert len(records) == 4 and records[0]["expert"].endswith("expert") and records[0]["base"].endswith("base")
+    assert all(label.startswith(("real:", "synthetic:")) for r in records for label in r["negative_ids"])
