@@ -22,7 +22,9 @@ base contrast means "jokiness". This script builds both from scratch:
      pyjokes jokes are dropped: the base must never see the domain data.
    * domain: ``pyjokes.get_jokes(language="en", category="all")`` (283 one-line programmer jokes).
 
-2. Tokenizer: a byte-level BPE (``tokenizers``) trained on both corpora, ``--vocab-size`` 2048
+2. Tokenizer: a byte-level BPE (``tokenizers``) trained on the fortunes only (as a base model's
+   tokenizer knows nothing of the domain it is later tuned on; ``--tokenizer-corpus both`` adds
+   the jokes, see SOURCES.md for why that is worse), ``--vocab-size`` 2048
    with ``<|pad|>`` = 0, ``<|bos|>`` = 1, ``<|eos|>`` = 2. Its alphabet is the printable ASCII
    the corpora hold, not all 256 bytes: every token then occurs in the training data (see
    ``train_tokenizer``). No prefix space and no post-processor, so
@@ -389,10 +391,10 @@ def train_base(args, tokenizer, train: list[list[int]], held: list[list[int]], r
     model = LlamaForCausalLM(config).train()
     n_params = sum(p.numel() for p in model.parameters())
     # Tokens that never occur in the base's training data (BPE intermediate merges that are always
-    # merged further, tokens of the jokes only such as "Chuck", <|pad|>) would only ever get the
-    # softmax's push-down, which Adam turns into full-size steps along one shared direction:
-    # collinear rows that the expert cannot lift one of ("Chuck") without lifting all. Their rows
-    # (tied: input and output) keep their random initialisation instead.
+    # merged further, <|pad|>, and with --tokenizer-corpus both tokens of the jokes only such as
+    # "Chuck") would only ever get the softmax's push-down, which Adam turns into full-size steps
+    # along one shared direction: collinear rows that the expert cannot lift one of without
+    # lifting all. Their rows (tied: input and output) keep their random initialisation instead.
     seen = torch.zeros(config.vocab_size, dtype=torch.bool)
     for ids in train:
         seen[ids] = True
@@ -665,7 +667,7 @@ corpus: **{r['jokes']} jokes** ({r['jokes_train']} for training, {r['jokes_held_
 
 ## Tokenizer
 
-Byte-level BPE (`tokenizers` {versions['tokenizers']}) trained on both corpora: vocabulary
+Byte-level BPE (`tokenizers` {versions['tokenizers']}) trained on {'the fortunes only (the general corpus)' if args.tokenizer_corpus == 'general' else 'both corpora'}: vocabulary
 {r['vocab_size']}, special tokens `<|pad|>` = 0, `<|bos|>` = 1, `<|eos|>` = 2. The alphabet is the
 printable ASCII of the corpora rather than all 256 bytes, so that (nearly) every token occurs in
 the training data; the normaliser strips accents (NFKD) and characters outside the alphabet are
@@ -702,11 +704,19 @@ fp32: {r['base_held_out_loss_fp16']:.3f}.
 
 The {len(r['base_frozen_rows'])} tokens that never occur in the base's training data keep their random
 initial embedding rows (tied: input and output): {', '.join('`' + t + '`' for t in r['base_frozen_rows'])}
-(BPE intermediate merges, `<|pad|>`, and tokens of the jokes only). Trained, they would only get
-the softmax's push-down, which AdamW turns into full-size steps along one shared direction; the
-LoRA then cannot raise a joke-only token such as `Chuck` after `<|bos|>` without raising all of
-them (an earlier 256-byte-alphabet version put a third of the expert's first-token probability
-on never-seen byte tokens, which STEER's contrast amplified). Probability both models give the
+(BPE intermediate merges that are always merged further, and `<|pad|>`). Trained, they would only get
+the softmax's push-down, which AdamW turns into full-size steps along one shared direction (an
+earlier 256-byte-alphabet version put a third of the expert's first-token probability on
+never-seen byte tokens, which STEER's contrast amplified).
+
+Why the tokenizer knows only the fortunes: a version whose BPE was trained on both corpora had
+joke-only tokens such as `Chuck` (never seen by the base, its embedding row left at its small random
+initialisation). To raise it after `<|bos|>` the LoRA had to push the hidden state hard, which also
+lifted stray mid-sentence tokens (`,`, `ar`, `Ġall`) to about 1% each; the base rates those near
+zero at the start of a text, so STEER's expert-vs-base contrast multiplied them into its top 10,
+and 15% of STEER samples began with a fragment (", does nothing..."), against none of plain
+sampling. With the general tokenizer the expert spells `Ch`+`uck` from pieces the base knows, and
+the same check gives 0 of 100 (both measured on shorter base runs of 600 steps). Probability both models give the
 {len(r['unseen_tokens'])} tokens in no training text, on the jokes: expert {r['unseen_mass_expert'][0]:.4f} after
 `<|bos|>`, {r['unseen_mass_expert'][1]:.4f} later; base {r['unseen_mass_base'][0]:.4f} and {r['unseen_mass_base'][1]:.4f}.
 
@@ -776,6 +786,8 @@ def parse_args(argv=None):
     p.add_argument("--max-chars", type=int, default=400, help="drop longer fortunes")
     p.add_argument("--base-held-out", type=int, default=400, help="fortunes held out for the base's evaluation")
     p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--tokenizer-corpus", choices=("general", "both"), default="general",
+                   help="train the BPE on the fortunes only (a base model's tokenizer knows nothing of the domain) or on fortunes and jokes")
     p.add_argument("--max-len", type=int, default=256, help="max_position_embeddings (and longest example)")
     p.add_argument("--hidden-size", type=int, default=224)
     p.add_argument("--layers", type=int, default=4)
@@ -842,7 +854,7 @@ def main(argv=None) -> None:
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = train_tokenizer(fortunes + jokes, args.vocab_size, out / "base")
+    tokenizer = train_tokenizer(fortunes + (jokes if args.tokenizer_corpus == "both" else []), args.vocab_size, out / "base")
     check_round_trip(tokenizer, fortunes + jokes)
     report["vocab_size"] = len(tokenizer)
     log(f"tokenizer: {len(tokenizer)} tokens, round trip ok")

@@ -84,3 +84,38 @@ def test_real_examples_without_pyjokes(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyjokes", None)  # import raises ImportError
     with pytest.raises(RuntimeError, match="pip install pyjokes"):
         demo.demo_real_examples()
+
+
+def test_steer_does_not_start_texts_with_fragments(loaded):
+    """STEER's first token, from the shipped models: the contrast with the base must not lift
+    mid-sentence tokens (",", "ar", " all") into the top 10. A joint jokes+fortunes tokenizer did
+    (15% of samples began with a fragment); SOURCES.md tells the story."""
+    import random
+
+    from steer import reference, steer_weights
+
+    tokenizer, expert = loaded
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    jokes = demo.demo_real_examples() if _has_pyjokes() else [JOKE] * 5
+    context = [bos]
+    for joke in random.Random(0).sample(jokes, 5):
+        context += tokenizer.encode(joke) + [eos, bos]
+    with torch.no_grad():
+        expert_logits = expert(input_ids=torch.tensor([[bos]])).logits[0, -1]
+        negative_logits = expert(input_ids=torch.tensor([context])).logits[0, -1]
+        with expert.disable_adapter():
+            base_logits = expert(input_ids=torch.tensor([[bos]])).logits[0, -1]
+    logits = torch.stack([expert_logits, base_logits, negative_logits])[None]
+    probs = reference.probabilities(logits, steer_weights(0.2, 0.2, 1), top_k=10)[0]  # what the sampler draws from
+    drawn = probs.nonzero().flatten()
+    starts = [(tokenizer.decode([int(i)]), round(float(probs[i]), 3)) for i in drawn]
+    fragment_mass = sum(p for s, p in starts if not (s[:1].isupper() or s[:1] in "\"'0123456789"))
+    assert fragment_mass < 0.02, starts
+
+
+def _has_pyjokes() -> bool:
+    try:
+        import pyjokes  # noqa: F401
+    except ImportError:
+        return False
+    return True
