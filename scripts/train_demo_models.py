@@ -354,6 +354,20 @@ def mean_loss(model, examples: list[list[int]], pad_id: int, batch_size: int = 6
     return total / count
 
 
+def train_step(model, optimizer, lr: float, packed: list[list[int]], rows: list[int], pad_id: int) -> tuple[torch.Tensor, int]:
+    """One AdamW step on the packed sequences ``rows`` at learning rate ``lr``, gradients clipped to
+    norm 1 (parameters without a gradient, such as a frozen base under LoRA, are left out); returns
+    the summed loss and the number of target tokens."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, n = batch_loss(model, *collate(packed, rows, pad_id))
+    (loss / n).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, n
+
+
 def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -421,13 +435,8 @@ def train_base(args, tokenizer, train: list[list[int]], held: list[list[int]], r
         for rows in batches(packed, args.base_batch_size, rng):
             if step >= total:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total, warmup, args.base_lr, args.base_lr * 0.1)
-            loss, n = batch_loss(model, *collate(packed, rows, tokenizer.pad_token_id))
-            (loss / n).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            lr = cosine_lr(step, total, warmup, args.base_lr, args.base_lr * 0.1)
+            loss, n = train_step(model, optimizer, lr, packed, rows, tokenizer.pad_token_id)
             with torch.no_grad():
                 embedding[frozen] = initial_rows
             total_loss, count, step = total_loss + float(loss.detach()), count + n, step + 1
@@ -476,13 +485,7 @@ def train_expert(args, base, tokenizer, train: list[list[int]], held: list[list[
         for rows in batches(packed, args.expert_batch_size, rng):
             if step >= total:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total, warmup, args.expert_lr, args.expert_lr * 0.1)
-            loss, n = batch_loss(model, *collate(packed, rows, pad))
-            (loss / n).backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(model, optimizer, cosine_lr(step, total, warmup, args.expert_lr, args.expert_lr * 0.1), packed, rows, pad)
             step += 1
             if step % args.expert_eval_every == 0 or step == total:
                 row = {"step": step, "train_loss": mean_loss(model, train, pad), "held_out_loss": mean_loss(model, held, pad)}

@@ -235,14 +235,14 @@ def domain_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def beats_plain(entry: dict, plain: dict) -> tuple[float, float, bool]:
-    """(3-gram gain, relative coherency change, whether it counts): the issue's criterion, more
+def beats_plain(entry: dict, plain: dict) -> tuple[float, float, float, bool]:
+    """(3-gram gain, seed spread, relative coherency change, whether it counts): the issue's criterion, more
     normalised 3-grams than plain sampling by more than the larger seed spread of the two, with
     coherency at most 10% below plain's."""
     gain = entry["normalised_3grams"] - plain["normalised_3grams"]
     noise = max(entry["normalised_3grams_spread"] or 0.0, plain["normalised_3grams_spread"] or 0.0)
     change = (entry["coherency"] - plain["coherency"]) / plain["coherency"]
-    return gain, change, gain > noise and change >= -0.10
+    return gain, noise, change, gain > noise and change >= -0.10
 
 
 def verdict(result: dict) -> str:
@@ -250,9 +250,8 @@ def verdict(result: dict) -> str:
     every method that meets it."""
     by_name = {e["method"]: e for e in result["summary"]}
     plain, steer = by_name["plain expert"], by_name["STEER (defaults)"]
-    gain, change, ok = beats_plain(steer, plain)
-    noise = max(steer["normalised_3grams_spread"] or 0.0, plain["normalised_3grams_spread"] or 0.0)
-    winners = [e["method"] for e in result["summary"] if e is not plain and beats_plain(e, plain)[2]]
+    gain, noise, change, ok = beats_plain(steer, plain)
+    winners = [e["method"] for e in result["summary"] if e is not plain and beats_plain(e, plain)[3]]
     return (f"STEER (defaults) vs plain expert: normalised 3-grams {steer['normalised_3grams']:.3f} vs "
             f"{plain['normalised_3grams']:.3f} ({gain:+.3f}; seed spread up to {noise:.3f}: "
             f"{'higher, beyond the seed spread' if gain > noise else 'higher, within the seed spread' if gain > 0 else 'not higher'}); "

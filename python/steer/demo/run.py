@@ -13,10 +13,12 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from steer.config import SteerConfig
 from steer.data.generate import GenerateRequest, plan_generation, run_generation
 from steer.data.io import read_texts
-from steer.data.models import load_models, pick_dtype, pick_device
+from steer.data.models import load_models
 from steer.demo.models import demo_base_dir, demo_expert_dir, demo_real_examples
 
 DEMO_MAX_NEW_TOKENS = 48
@@ -34,17 +36,14 @@ def _request(real: list[str], out: Path, n: int, config: SteerConfig, batch_size
     )
 
 
-def _check_demo_arguments(out_dir: Path, n: int, batch_size: int) -> None:
-    """Everything that can be wrong with the arguments, before a model or a file is touched."""
+def _check_demo_arguments(out_dir: Path, n: int) -> None:
+    """What only the demo asks of its arguments (plan_generation checks the rest), before a model
+    or a file is touched."""
     from steer.data.io import DataError
     from steer.data.metrics import MIN_TEXTS
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DataError(f"--n must be a whole number >= 1, got {n!r}")
     if n < MIN_TEXTS:
         raise DataError(f"--n {n}: the demo evaluates its samples, which needs at least {MIN_TEXTS}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file: the demo writes a directory of results")
 
@@ -59,15 +58,15 @@ def run_demo(out_dir: Path, *, n: int = 200, seed: int = 0, batch_size: int = 32
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_demo_arguments(out_dir, n, batch_size)
     real = demo_real_examples()
     steer_config = SteerConfig(seed=seed, max_new_tokens=DEMO_MAX_NEW_TOKENS)
     plain_config = SteerConfig(gamma=0.0, eta=0.0, seed=seed, max_new_tokens=DEMO_MAX_NEW_TOKENS)
     steer_plan = plan_generation(_request(real, out_dir / "synthetic.jsonl", n, steer_config, batch_size, quiet))
     plain_plan = plan_generation(_request(real, out_dir / "plain_expert.jsonl", n, plain_config, batch_size, quiet))
+    _check_demo_arguments(out_dir, n)  # after plan_generation has checked that n is a whole number >= 1
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_real_set(out_dir / "real.jsonl", real)
-    models = load_models(steer_plan.sources, dtype=pick_dtype("float32", pick_device("cpu")))
+    models = load_models(steer_plan.sources, dtype=torch.float32)  # the _request's device and dtype
     print(f"steer demo: {len(real)} real jokes; {n} samples with STEER (gamma {steer_config.gamma}, eta {steer_config.eta}) "
           f"and {n} with plain expert sampling, into {out_dir}", flush=True)
     for name, plan in (("STEER", steer_plan), ("plain expert", plain_plan)):
