@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 CHARACTERS = string.ascii_letters + string.digits + " .,!?'-"
+REAL_TEXTS = ["hello world", "the cat sat", "foo bar baz", "another one", "fine weather today"]  # a tiny real set
 
 
 def character_tokenizer(extra: str = ""):

@@ -53,3 +53,34 @@ def test_no_negatives_is_fine_without_eta():
 def test_steer_weights_rejects_eta_without_streams():
     with pytest.raises(ValueError, match="negative stream"):
         steer_weights(0.2, 0.2, 0)
+
+
+def test_eta_above_one_is_refused_with_the_reason_everywhere():
+    from tiny_models import tiny_llama
+
+    from steer.hf.processor import SteerLogitsProcessor
+
+    with pytest.raises(ValueError, match="eta must be <= 1.*inverts the expert's distribution"):
+        SteerConfig(eta=2.0)
+    with pytest.raises(ValueError, match="eta must be <= 1"):
+        steer_weights(0.2, 1.5, 1)
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="eta must be <= 1"):
+        SteerLogitsProcessor(model, model, [1, 2, 3], eta=1.01)
+
+
+def test_eta_one_is_a_pure_contrast_allowed_with_one_warning():
+    with pytest.warns(UserWarning, match="eta = 1: the stream weights sum to 0") as caught:
+        config = SteerConfig(eta=1.0)
+    assert len(caught) == 1
+    assert float(config.weights().sum()) == pytest.approx(0.0)
+
+
+def test_the_cli_refuses_eta_above_one_and_warns_at_one_in_a_line(tmp_path, capsys):
+    from steer.cli import main
+
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", "--eta", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("steer generate: error: --eta: eta must be <= 1")
+    assert not out.exists()

@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 # Never reach for a hub at run time: models come from paths or the local cache.
@@ -57,7 +58,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base", help="the model the expert was tuned from (default for an adapter: the base it names)")
     group.add_argument("--prompt", default=None, help="the task prompt every sample starts from (default: empty, i.e. BOS)")
     group.add_argument("--real", type=Path, help="real examples: JSONL with a text field, or plain text with one example per line")
-    group.add_argument("--text-field", default="text", help="the JSONL field holding the text (default: text)")
+    group.add_argument("--text-field", default="text", help="the JSONL field or CSV/Parquet column holding the text (default: text)")
+    group.add_argument("--allow-pickle", action="store_true", help="also load pickle weights (pytorch_model.bin, adapter_model.bin), with torch.load(weights_only=True); default: safetensors only")
 
 
 def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False) -> None:
@@ -71,7 +73,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False) 
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 turns it off (default 1)")
     group.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
-    group.add_argument("--seed", type=int, default=0, help="the run's seed; sample i uses seed + i (default 0)")
+    group.add_argument("--seed", type=int, default=0, help="the run's seed (default 0): the k-th sample attempted uses seed + k; attempts that give an empty text or a duplicate are dropped, so the seeds in the records can skip numbers")
     run = parser.add_argument_group("running")
     run.add_argument("--batch-size", type=int, default=16, help="samples decoded at once (default 16)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -118,7 +120,7 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
     return GenerateRequest(
         real_texts=real_texts, real_name=real_name, expert=expert, base=base, prompt=args.prompt or "",
         n=args.n, out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet,
+        resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet, allow_pickle=args.allow_pickle,
     )
 
 
@@ -147,7 +149,10 @@ def _print_generation(summary) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from steer.data.evaluation import evaluate_files
+    from steer.data.io import DataError
 
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(f"--out {args.out} is a file, not a directory: steer eval writes metrics.json, the plots and report.html into a directory")
     metrics = evaluate_files(args.real, args.synthetic, args.out, text_field=args.text_field, embedder=args.embedder, seed=args.seed, knn=not args.no_knn)
     _print_metrics(metrics, args.out)
     return 0
@@ -182,11 +187,19 @@ def _demo(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steer", description="Fast STEER decoding for synthetic text data.")
+    parser = _Parser(prog="steer", description="Fast STEER decoding for synthetic text data.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("info", help="show the version and the backends usable on this machine").set_defaults(run=_info)
+    commands.add_parser("info", help="show the version and the backends usable on this machine",
+                        description="Show steer's version, the torch and transformers it runs on, and which kernel backends work on this machine.").set_defaults(run=_info)
 
     generate = commands.add_parser("generate", help="generate synthetic samples with STEER (JSONL, resumable)",
                                    description="Generate synthetic samples with STEER. Output is appended and flushed sample by sample; --resume continues a killed run.")
@@ -250,13 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from steer.data.io import DataError
 
+    def one_line_warning(message, category, *_):
+        print(f"steer {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return args.run(args)
-    except DataError as error:  # bad input, said in one line
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = one_line_warning
+            return args.run(args)
+    except (DataError, ImportError) as error:  # bad input, or a missing optional dependency: one line
         print(f"steer {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except ImportError as error:  # an optional dependency (the data extra) is missing
-        print(f"steer {args.command}: error: {error}", file=sys.stderr)
+    except OSError as error:  # a file the command had to read or write: name it and the cause
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"steer {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nsteer {args.command}: interrupted; every sample written so far is kept (continue with --resume)", file=sys.stderr)

@@ -12,6 +12,7 @@ so the combined score is (1+gamma) lE - gamma lB - eta * mean_i lN_i (DESIGN.md 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,20 @@ def check_steer_coefficients(gamma: float, eta: float, *, rescale: bool = False)
     """Raise ValueError unless gamma and eta are usable STEER coefficients."""
     _check_finite_at_least("gamma", gamma, 0.0)
     _check_finite_at_least("eta", eta, 0.0)
+    if eta > 1.0:
+        raise ValueError(
+            f"eta must be <= 1, got {eta!r}: the stream weights sum to 1 - eta, so eta > 1 makes that sum "
+            "negative and inverts the expert's distribution (its least likely tokens become the most likely)"
+        )
     if rescale and eta >= 1.0:
         raise ValueError(f"rescale=True divides by (1 - eta), so eta must be < 1, got {eta!r}")
+    if eta == 1.0:
+        warnings.warn(
+            "eta = 1: the stream weights sum to 0, so the scores are a pure contrast (the expert's own "
+            "distribution cancels out; only the differences from the base and the negatives are sampled from)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def check_sampling_parameters(temperature: float, top_k: int, top_p: float) -> None:

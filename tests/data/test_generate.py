@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from model_dirs import character_tokenizer, save_expert_and_base, save_lora_adapter
+from model_dirs import REAL_TEXTS, character_tokenizer
 
 from steer.cli import main
 from steer.data import generate as generate_module
-from steer.data.io import SampleWriter, read_texts
+from steer.data.io import read_texts
+from steer.data.output import SampleWriter
 
-REAL = ["hello world", "the cat sat", "foo bar baz", "another one", "fine weather today"]
+REAL = REAL_TEXTS
 FAST = ["--max-new-tokens", "10", "--batch-size", "4", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    expert, base = save_expert_and_base(root)
-    adapter = save_lora_adapter(root, base)
-    real = root / "real.jsonl"
-    real.write_text("".join(json.dumps({"text": t, "label": i}) + "\n" for i, t in enumerate(REAL)))
-    return {"expert": expert, "base": base, "adapter": adapter, "real": real, "root": root}
 
 
 def records(path):
@@ -76,7 +67,10 @@ def test_torn_last_line_is_cut_off_and_regenerated(models, tmp_path):
 def test_lora_adapter_expert_runs_in_one_forward(models, tmp_path):
     out = tmp_path / "out.jsonl"
     assert main(["generate", "--expert", str(models["adapter"]), "--real", str(models["real"]), "--out", str(out), "--n", "4", *FAST]) == 0
-    assert len(records(out)) == 4 and records(out)[0]["base"] is None
+    first = records(out)[0]
+    assert len(records(out)) == 4
+    assert first["expert"] == str(models["adapter"].resolve()) and first["base"] == str(models["base"].resolve())  # the base it names
+    assert first["expert_digest"] and first["base_digest"]
 
 
 def test_plain_text_real_file_and_keep_duplicates(models, tmp_path):

@@ -89,8 +89,8 @@ def _load_minilm(directory: str):
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModel.from_pretrained(directory, local_files_only=True).float()
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(directory, local_files_only=True, trust_remote_code=False, use_safetensors=True).float()
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()

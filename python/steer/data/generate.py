@@ -4,8 +4,9 @@ The job, in order:
 
 1. check every argument and input file, and the tokenizers (``plan_generation``): nothing heavy
    is loaded before the input is known to be good;
-2. open the output (``SampleWriter``): a torn last line of a killed run is cut off, the complete
-   records are kept and checked to come from the same settings;
+2. open the output (``steer.data.output``): the records already there are checked to come from
+   this run's settings and models before anything in the file changes; then a torn last line of
+   a killed run is cut off;
 3. rebuild the negative pool: the real examples, then every synthetic sample already written, in
    order (a resumed run is pushed away from what the killed run wrote, as if it had not stopped);
 4. run the engine until the file holds ``n`` records, writing each sample as it finishes.
@@ -24,14 +25,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from steer.config import SteerConfig
-from steer.data.io import DataError, SampleWriter, texts_digest
+from steer.data.io import DataError, texts_digest
 from steer.data.models import ModelSources, load_models, load_tokenizer, pick_device, pick_dtype
+from steer.data.output import journal_path, open_output, output_format
 from steer.engine.pool import NegativePool
 
 # Settings that must match between a run and the run that resumes it.
 RUN_FIELDS = (
     "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
-    "run_seed", "expert", "base", "prompt", "real_digest",
+    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest",
 )
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
 
@@ -54,6 +56,7 @@ class GenerateRequest:
     resume: bool = False
     keep_duplicates: bool = False
     quiet: bool = False
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -82,9 +85,15 @@ def _check_request(request: GenerateRequest) -> None:
         raise DataError("a generation run needs a seed (--seed) so that it can be resumed reproducibly")
     out = request.out
     if out.exists() and out.is_dir():
-        raise DataError(f"--out {out} is a directory: give a .jsonl file path")
-    if out.exists() and out.stat().st_size > 0 and not request.resume:
-        raise DataError(f"--out {out} already exists: pass --resume to continue that run, or choose another file (steer never overwrites)")
+        raise DataError(f"--out {out} is a directory: give a .jsonl or .parquet file path")
+    if out.exists() and not out.is_file():
+        raise DataError(f"--out {out} is not a regular file")
+    output_format(out)
+    if not request.resume:
+        for path in (out, journal_path(out)) if output_format(out) == "parquet" else (out,):
+            if path.exists() and path.stat().st_size > 0:
+                raise DataError(f"--out {out}: {path} already exists: pass --resume to continue that run, or choose another file (steer never overwrites)")
+    pick_dtype(request.dtype, pick_device(request.device))  # both fail before any file is touched
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -118,7 +127,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
     """Check the request and tokenise its inputs; raises DataError naming the first problem."""
     _check_request(request)
     config = request.config
-    sources = ModelSources.resolve(request.expert, request.base, needs_base=config.gamma != 0)
+    sources = ModelSources.resolve(request.expert, request.base, needs_base=config.gamma != 0, allow_pickle=request.allow_pickle)
     tokenizer = load_tokenizer(sources)
     prompt_ids = _prompt_ids(tokenizer, request.prompt)
     eos = tokenizer.eos_token_id
@@ -137,19 +146,32 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "gamma": config.gamma, "eta": config.eta, "num_negatives": config.num_negatives,
         "negative_mode": config.negative_mode, "top_k": config.top_k, "top_p": config.top_p,
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
-        "expert": request.expert, "base": request.base, "prompt": request.prompt,
-        "real_digest": texts_digest(request.real_texts),
+        **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
     }
     return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata)
 
 
-def _check_resumable(path: Path, existing: list[dict], metadata: dict, n: int) -> None:
+MODEL_FIELDS = {"expert_digest": ("expert", "the expert"), "base_digest": ("base", "the base model")}
+
+
+def _difference(record: dict, metadata: dict, key: str) -> str:
+    if key in MODEL_FIELDS:
+        path_key, name = MODEL_FIELDS[key]
+        if key not in record:
+            return f"{name}: the file records no model fingerprint (written by an older steer)"
+        return f"{name}: file {record.get(path_key)} (digest {record[key]}) vs now {metadata[path_key]} (digest {metadata[key]})"
+    return f"{key}: file {record.get(key)!r} vs now {metadata[key]!r}"
+
+
+def check_resumable(path: Path, existing: list[dict], metadata: dict, n: int) -> None:
+    """DataError unless every record of ``existing`` comes from a run with ``metadata``'s settings
+    and models (compared by digest, not by path), and there are no more than ``n``."""
     for number, record in enumerate(existing, start=1):
-        differing = [f"{key}: file {record.get(key)!r} vs now {metadata[key]!r}" for key in RUN_FIELDS if record.get(key) != metadata[key]]
+        differing = [_difference(record, metadata, key) for key in RUN_FIELDS if record.get(key) != metadata[key]]
         if differing:
             raise DataError(
-                f"{path} line {number} was written with other settings ({'; '.join(differing)}): resume with the same "
-                "arguments, or write to another --out"
+                f"{path}, record {number} was written with other settings ({'; '.join(differing)}): resume with the same "
+                "arguments and models, or write to another --out"
             )
     if len(existing) > n:
         raise DataError(f"{path} already holds {len(existing)} samples, more than --n {n}")
@@ -263,15 +285,19 @@ def build_engine(plan: GenerationPlan, models=None):
 def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> GenerationSummary:
     """Write samples to ``plan.request.out`` until it holds ``n``; resumes what is already there."""
     request = plan.request
-    with SampleWriter(request.out) as writer:
+
+    def check(records: list[dict]) -> None:
+        check_resumable(request.out, records, plan.run_metadata, request.n)
+
+    with open_output(request.out, check=check) as writer:
         existing = writer.existing
-        _check_resumable(request.out, existing, plan.run_metadata, request.n)
         seed = request.config.seed
         # Resume after the last seed used, so no seed and no pool draw of the killed run repeats.
         next_attempt = max((r["seed"] - seed + 1 for r in existing), default=0)
         pool = SyntheticPool(plan, existing, seed=seed * 1_000_003 + next_attempt)
         summary = GenerationSummary(request.out, len(existing), len(existing), 0, 0, 0, 0, 0.0, plan.truncated_examples)
         if len(existing) >= request.n:
+            writer.finish()
             return summary
         engine = engine if engine is not None else build_engine(plan, models)
         progress = Progress(request.n, len(existing), quiet=request.quiet)
@@ -299,6 +325,7 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
                 summary.written += 1
                 progress.update(1, len(result.token_ids))
             next_attempt += needed
+        writer.finish()
         summary.seconds = time.perf_counter() - start
         return summary
 

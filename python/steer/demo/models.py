@@ -44,8 +44,8 @@ def load_demo_expert(dtype: torch.dtype = torch.float32):
         raise FileNotFoundError(
             f"the demo models are missing under {MODELS_DIR}; rebuild them with scripts/train_demo_models.py"
         )
-    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True)
     expert = PeftModel.from_pretrained(base, expert_dir, local_files_only=True)
     return tokenizer, expert.eval()
 
