@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,29 +246,47 @@ def load_tokenizer(sources: ModelSources):
     return first
 
 
+def _load_failure(what: str, option: str, directory: str, error: BaseException) -> DataError:
+    """One line for a failed load: an unknown architecture, corrupt weights, or a pickle that
+    torch.load(weights_only=True) refused because it holds more than tensors."""
+    cause = error
+    while cause is not None and not isinstance(cause, pickle.UnpicklingError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return DataError(f"{option} {directory}: could not load {what}: refused to unpickle its weights, which hold more than tensors (objects that could run code)")
+    return DataError(f"{option} {directory}: could not load {what} ({_one_line(error)})")
+
+
+@contextmanager
+def _quiet_loading():
+    """transformers and peft warn about their own internals while loading; not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+        yield
+
+
 def _load_causal_lm(option: str, directory: str, *, dtype: torch.dtype, allow_pickle: bool):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            directory, dtype=dtype, local_files_only=True, trust_remote_code=False,
-            use_safetensors=None if allow_pickle else True, weights_only=True,
-        ).eval()
+        with _quiet_loading():
+            return AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype, local_files_only=True, trust_remote_code=False,
+                use_safetensors=None if allow_pickle else True, weights_only=True,
+            ).eval()
     except Exception as error:  # unknown architecture, corrupt or refused weights: one line, no traceback
-        raise DataError(f"{option} {directory}: could not load the model ({_one_line(error)})") from None
+        raise _load_failure("the model", option, directory, error) from None
 
 
 def _load_adapter(model, directory: str):
-    import warnings
-
     from peft import PeftModel
 
     try:
-        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with _quiet_loading():
             return PeftModel.from_pretrained(model, directory, is_trainable=False).eval()
     except Exception as error:  # refused pickles (weights_only) and corrupt adapters alike
-        raise DataError(f"--expert {directory}: could not load the LoRA adapter ({_one_line(error)})") from None
+        raise _load_failure("the LoRA adapter", "--expert", directory, error) from None
 
 
 def load_models(sources: ModelSources, *, dtype: torch.dtype):
