@@ -61,3 +61,37 @@ def save_lora_adapter(root: Path, base_dir: Path) -> Path:
     path = root / "adapter"
     model.save_pretrained(path)
     return path
+
+
+def _tiny_config(arch: str, vocab_size: int):
+    """A tiny random config of a family the engine has no forward for (or runs only without its
+    sliding window): each small enough to build in milliseconds."""
+    import transformers
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "opt":
+        return transformers.OPTConfig(**common, ffn_dim=64, word_embed_proj_dim=32)
+    common.update(intermediate_size=64, num_key_value_heads=2)
+    configs = {
+        "qwen3": lambda: transformers.Qwen3Config(**common, head_dim=8),
+        "gemma2": lambda: transformers.Gemma2Config(**common, head_dim=8, sliding_window=8, query_pre_attn_scalar=8),
+        "phi3": lambda: transformers.Phi3Config(**common, original_max_position_embeddings=256),
+        "mistral": lambda: transformers.MistralConfig(**common, sliding_window=8),
+    }
+    return configs[arch]()
+
+
+def save_model_pair(root: Path, arch: str, *, tokenizer=None) -> tuple[Path, Path]:
+    """Random ``arch`` expert/ and base/ models (different seeds) sharing one character tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tokenizer or character_tokenizer()
+    paths = []
+    for name, seed in (("expert", 1), ("base", 2)):
+        torch.manual_seed(seed)
+        path = root / name
+        AutoModelForCausalLM.from_config(_tiny_config(arch, len(tokenizer))).eval().save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        paths.append(path)
+    return paths[0], paths[1]

@@ -112,3 +112,18 @@ def test_the_token_budget_counts_cached_prefixes_as_free():
     scheduler.reserve_decode_slots()
     # 3 decode rows; the prompt and base streams' 4 full blocks are cached: 1 + 1 + 1 new tokens.
     assert scheduler.admit() == [second]
+
+
+@pytest.mark.parametrize("computed", [True, False])
+def test_release_all_gives_back_every_block_and_keeps_the_prefix_only_if_computed(computed):
+    manager = BlockManager(num_blocks=60, block_size=4)
+    scheduler = Scheduler(manager, max_rows=6)
+    groups = [group(i, prompt_len=9) for i in range(3)]  # 3 streams each: two run, one waits
+    for g in groups:
+        scheduler.add(g)
+    assert len(scheduler.admit()) == 2
+    assert manager.num_used_blocks > 0 and len(scheduler.waiting) == 1
+    scheduler.release_all(computed=computed)
+    assert manager.num_free_blocks == 60 and not scheduler.has_work
+    assert all(s.table is None for g in groups for s in g.streams)
+    assert manager.cached_prefix_tokens("expert", list(range(1, 10))) == (8 if computed else 0)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -107,24 +106,26 @@ GENERATION_FIELDS = (
 """Run settings that ``steer generate`` stores in every record and the report shows."""
 
 
+def _output_records(path) -> list[dict] | None:
+    """The records of a ``steer generate`` output (JSONL or Parquet), or None for any other file."""
+    from .io import DataError
+    from .output import parse_jsonl_records, read_parquet_records
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            return read_parquet_records(path)
+        return parse_jsonl_records(path, path.read_bytes())[0]
+    except (OSError, DataError):
+        return None
+
+
 def generation_settings(path) -> dict | None:
     """The run settings (:data:`GENERATION_FIELDS`) stored in the records of a ``steer generate``
     output file, or None for a file without them (plain text, or JSONL from elsewhere). A field
     whose value differs between records (a file stitched from several runs) reads "varies"."""
     settings: dict = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(record, dict):
-            return None
+    for record in _output_records(path) or []:
         for field in GENERATION_FIELDS:
             if field not in record:
                 continue

@@ -72,6 +72,7 @@ class GenerationPlan:
     real_token_ids: list[list[int]]
     truncated_examples: int
     run_metadata: dict
+    example_budget: int | None = None  # most tokens of one pool example in a negative context
 
 
 def _check_request(request: GenerateRequest) -> None:
@@ -148,7 +149,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
     }
-    return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata)
+    return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata, budget)
 
 
 MODEL_FIELDS = {"expert_digest": ("expert", "the expert"), "base_digest": ("base", "the base model")}
@@ -182,11 +183,14 @@ class SyntheticPool(NegativePool):
 
     A finished sample joins the pool only when it is accepted: not empty and, unless duplicates
     are kept, not a repeat of an earlier sample. ``labels[i]`` names pool entry i in the output.
+    Pool entries are cut to the plan's example budget, as the real examples are, so that a
+    negative context of long samples still fits the model's context window.
     """
 
     def __init__(self, plan: GenerationPlan, existing: list[dict], *, seed: int) -> None:
         tokenizer = plan.tokenizer
-        synthetic = [list(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in existing]
+        self.budget = plan.example_budget
+        synthetic = [self._fit(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in existing]
         super().__init__(
             plan.real_token_ids + [s for s in synthetic if s], seed=seed,
             prefix=plan.prompt_ids, separator=plan.separator_ids, suffix=plan.separator_ids,
@@ -207,7 +211,10 @@ class SyntheticPool(NegativePool):
         self.seen.add(key)
         self.accepted_text = text
         self.labels.append(f"synthetic:{self.next_id}")
-        return super().add(tokens)
+        return super().add(self._fit(tokens))
+
+    def _fit(self, tokens) -> list[int]:
+        return list(tokens)[: self.budget] if self.budget is not None else list(tokens)
 
 
 def _normalise(text: str) -> str:
@@ -264,22 +271,42 @@ class GenerationSummary:
         return {**asdict(self), "out": str(self.out)}
 
 
-def build_engine(plan: GenerationPlan, models=None):
-    """The SteerEngine of a plan, loading its models (or reusing ``models`` = (expert, base))."""
+def _longest_context(plan: GenerationPlan) -> int:
+    """An upper bound on the tokens of any stream of the run (a negative context of the longest
+    pool examples, or the prompt, plus the generated tokens)."""
+    config = plan.request.config
+    longest = len(plan.prompt_ids)
+    if config.eta != 0:
+        example = max(max(len(e) for e in plan.real_token_ids), config.max_new_tokens)
+        example = min(example, plan.example_budget) if plan.example_budget is not None else example
+        per_stream = config.num_negatives if config.negative_mode == "concat" else 1
+        longest = max(longest, len(plan.prompt_ids) + per_stream * (example + len(plan.separator_ids)))
+    return longest + config.max_new_tokens
+
+
+def build_engine(plan: GenerationPlan, models=None, *, notice=None):
+    """The decoder of a plan, loading its models (or reusing ``models`` = (expert, base)): the
+    SteerEngine, or the drop-in path through Hugging Face ``generate`` for a model the engine
+    cannot run (said in one line to ``notice``, default stderr)."""
     from steer.engine.engine import SteerEngine
+    from steer.engine.model_runner import unsupported_reason
 
     request = plan.request
     device = pick_device(request.device)
     dtype = pick_dtype(request.dtype, device)
     expert, base = models if models is not None else load_models(plan.sources, dtype=dtype)
     config = request.config
+    vocab = min(len(plan.tokenizer), expert.get_output_embeddings().weight.shape[0])
+    base = base if config.gamma != 0 else None
+    reason = unsupported_reason(expert, _longest_context(plan))
+    if reason is not None:
+        from steer.data.dropin import DropInGenerator
+
+        print(f"steer: {reason}; generating through Hugging Face generate with the drop-in SteerLogitsProcessor "
+              "(the same records, slower)", file=notice or sys.stderr, flush=True)
+        return DropInGenerator(expert, base, config=config, device=device, dtype=dtype, batch_size=request.batch_size, vocab_size=vocab)
     streams = 1 + (config.gamma != 0) + (config.num_negative_streams if config.eta != 0 else 0)
-    vocab = len(plan.tokenizer)
-    head_rows = expert.get_output_embeddings().weight.shape[0]
-    return SteerEngine(
-        expert, base if config.gamma != 0 else None, config=config, device=device, dtype=dtype,
-        max_batch_rows=request.batch_size * streams, vocab_size=min(vocab, head_rows),
-    )
+    return SteerEngine(expert, base, config=config, device=device, dtype=dtype, max_batch_rows=request.batch_size * streams, vocab_size=vocab)
 
 
 def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> GenerationSummary:

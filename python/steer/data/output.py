@@ -79,7 +79,7 @@ def parse_jsonl_records(path: Path, data: bytes) -> tuple[list[dict], int, bool]
         return records, len(data), False
     try:
         last = json.loads(tail.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or a number of over 4300 digits
         last = None
     if _is_record(last):  # killed after the record, before its newline: keep it whole
         _append_record(path, len(lines) + 1, tail, records, seen)
@@ -94,7 +94,7 @@ def _append_record(path: Path, number: int, line: bytes, records: list[dict], se
         record = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise DataError(f"{path}, line {number}: not UTF-8 text; this file was not written by steer generate: fix or move it") from None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not JSON (ValueError also covers numbers of over 4300 digits)
         raise DataError(f"{path}, line {number}: not a JSON record; this file was not written by steer generate (or was edited): fix or move it") from None
     if not _is_record(record):
         raise DataError(f"{path}, line {number}: not a steer sample record (steer's records have an int 'id' and a string 'text')")

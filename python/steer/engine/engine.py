@@ -3,10 +3,16 @@
 A step: the scheduler picks the groups; the expert runs one forward over every prompt stream and
 negative stream of those groups, the base one forward over their base streams; the [G, K, V]
 logits go to the fused sampler; the token joins all K streams of its group.
+
+Requests are checked against the model before any of them takes a KV block (ids and EOS in the
+vocabulary, every stream within the context length), and a decode loop that stops early (an
+exception, a KeyboardInterrupt, a run() generator closed) gives back every block it still holds:
+the block manager outlives the calls, so a leak would starve every later one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +29,16 @@ from steer.hf.processor import shared_vocabulary_size
 from steer.ops import sample, triton_backend
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
+
+
+def context_length(model_config) -> int | None:
+    """The most positions a model takes, from its Hugging Face config (n_positions or n_ctx for
+    GPT-2 style configs); None when the config states no limit."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,7 @@ class SteerEngine:
                     model.to(device=device, dtype=dtype)
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
         self.passes = self._forward_passes(expert, base)
+        self.max_context_length = self._max_context_length()
         parameter = next(expert.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         kv_shape = self.passes[0][0].kv_shape
@@ -111,17 +128,32 @@ class SteerEngine:
             raise ValueError(f"expert and base must share an architecture: KV shapes {expert_runner.kv_shape} vs {base_runner.kv_shape}")
         return [(expert_runner, ("expert",)), (base_runner, ("base",))]
 
+    def _max_context_length(self) -> int | None:
+        """The most positions a stream may reach: the shortest context of the models that run."""
+        limits = [context_length(runner.model.config) for runner, _ in self.passes]
+        return min((limit for limit in limits if limit is not None), default=None)
+
     # -- public ------------------------------------------------------------------------------------
 
     def generate(self, requests: list[Request]) -> list[Result]:
-        """Decode every request to EOS or its length limit; results in request order."""
-        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
+        """Decode every request to EOS or its length limit; results in request order.
+
+        Every request is checked before any starts: a ValueError names the first bad field
+        (``requests[i].prompt_ids[j]``, ...) and leaves the KV cache as it was.
+        """
+        requests = list(requests)
+        for index, request in enumerate(requests):
+            self._check_request(request, f"requests[{index}].")
         groups = [self._group(index, request) for index, request in enumerate(requests)]
+        scheduler = self._scheduler()
         for group in groups:
             scheduler.add(group)
         default_seed = self._default_seed()
-        while scheduler.has_work:
-            self._step(scheduler, default_seed)
+        try:
+            while scheduler.has_work:
+                self._step(scheduler, default_seed)
+        finally:
+            scheduler.release_all(computed=True)  # between steps every held block's KV is written
         return [Result(list(g.generated), g.finish_reason) for g in groups]
 
     def run(
@@ -141,48 +173,115 @@ class SteerEngine:
         one starts. Sample i is seeded with ``config.seed + seed_offset + i`` when the config has a
         seed, so a run is reproducible, and a resumed run (``seed_offset`` = samples already
         started) does not repeat the seeds it used before.
+
+        The arguments are checked at the call, before any sample starts; a drawn negative context
+        that does not fit the model's context stops the run with a ValueError naming it. Closing
+        the iterator early gives back the KV blocks of the samples still running.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
             raise ValueError(f"seed_offset must be an int >= 0, got {seed_offset!r}")
-        config = self.config
-        scheduler = Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
+        template = Request(
+            prompt_ids, [], self.config.max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=eos_token_id
+        )
+        self._check_request(template)
+        return self._samples(template, n, pool, seed_offset)
+
+    def _samples(self, template: Request, n: int, pool: NegativePool, seed_offset: int) -> Iterator[Result]:
+        """run()'s generator: ``template`` is the checked request of every sample, less its
+        negatives and seed."""
+        scheduler = self._scheduler()
         default_seed = self._default_seed()
         drawn: dict[int, list[int]] = {}
         started = 0
-        while started < n or scheduler.has_work:
-            while started < n and not scheduler.waiting:  # top up: one group waits for room
-                indices = pool.draw(config.num_negatives) if config.eta != 0 else []
-                negatives = pool.negative_streams(indices, config.negative_mode) if indices else []
-                request = Request(
-                    prompt_ids, negatives, config.max_new_tokens, min_new_tokens=min_new_tokens,
-                    seed=default_seed + seed_offset + started, eos_token_id=eos_token_id,
-                )
-                scheduler.add(self._group(started, request))
-                drawn[started] = indices
-                started += 1
-            for group in self._step(scheduler, default_seed):
-                tokens = group.generated
-                pool.add(tokens[:-1] if group.finish_reason == "eos" else tokens)
-                yield Result(list(tokens), group.finish_reason, tuple(drawn.pop(group.group_id)), group.request.seed)
+        try:
+            while started < n or scheduler.has_work:
+                while started < n and not scheduler.waiting:  # top up: one group waits for room
+                    seed = default_seed + seed_offset + started
+                    request, drawn[started] = self._sample_request(template, started, pool, seed)
+                    scheduler.add(self._group(started, request))
+                    started += 1
+                for group in self._step(scheduler, default_seed):
+                    tokens = group.generated
+                    pool.add(tokens[:-1] if group.finish_reason == "eos" else tokens)
+                    yield Result(list(tokens), group.finish_reason, tuple(drawn.pop(group.group_id)), group.request.seed)
+        finally:  # also when the consumer stops early: GeneratorExit arrives at the yield
+            scheduler.release_all(computed=True)  # between steps every held block's KV is written
+
+    def _sample_request(self, template: Request, index: int, pool: NegativePool, seed: int) -> tuple[Request, list[int]]:
+        """Sample ``index``'s request, with negatives drawn from the pool as it stands now, and the
+        pool indices drawn."""
+        config = self.config
+        indices = pool.draw(config.num_negatives) if config.eta != 0 else []
+        negatives = pool.negative_streams(indices, config.negative_mode) if indices else []
+        request = dataclasses.replace(template, negative_ids=negatives, seed=seed)
+        for stream, negative in enumerate(request.negative_ids):
+            name = f"sample {index}'s negative_ids[{stream}] (pool examples {indices})"
+            self._check_stream(name, negative, request.max_new_tokens)
+        return request, indices
 
     def _default_seed(self) -> int:
         """Requests without a seed share one drawn per call (torch.manual_seed makes it repeatable);
         their noise still differs, since it is keyed by the group as well."""
         return self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**62, ()))
 
+    def _scheduler(self) -> Scheduler:
+        """A call's scheduler, over the engine's long-lived KV blocks."""
+        return Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
+
+    # -- request checks -----------------------------------------------------------------------------
+
+    def _check_request(self, request: Request, where: str = "") -> None:
+        """What only the engine can check (Request has checked the types): every id and the EOS in
+        the model's vocabulary, every stream it will run within the model's context. ``where``
+        prefixes the field in the message ("requests[3].")."""
+        if not isinstance(request, Request):
+            raise ValueError(f"{where.rstrip('.')} must be a steer.Request, got {type(request).__name__}")
+        self._check_stream(f"{where}prompt_ids", request.prompt_ids, request.max_new_tokens)
+        if self.config.eta != 0:  # with eta = 0 the negatives never run
+            for index, negative in enumerate(request.negative_ids):
+                self._check_stream(f"{where}negative_ids[{index}]", negative, request.max_new_tokens)
+        if request.eos_token_id is not None and request.eos_token_id >= self.vocab_size:
+            raise ValueError(f"{where}eos_token_id = {request.eos_token_id} {self._not_in_vocabulary()}")
+
+    def _check_stream(self, name: str, tokens: list[int], max_new_tokens: int) -> None:
+        """Ids below the vocabulary size (the embedding would raise an IndexError mid-forward) and
+        room in the context for the stream's tokens and all it may generate."""
+        if max(tokens) >= self.vocab_size:
+            position = next(i for i, token in enumerate(tokens) if token >= self.vocab_size)
+            raise ValueError(f"{name}[{position}] = {tokens[position]} {self._not_in_vocabulary()}")
+        limit, positions = self.max_context_length, len(tokens) + max_new_tokens
+        if limit is not None and positions > limit:
+            raise ValueError(
+                f"{name}: {len(tokens)} tokens + max_new_tokens {max_new_tokens} = {positions} positions, "
+                f"{positions - limit} over the model's context length of {limit}"
+            )
+
+    def _not_in_vocabulary(self) -> str:
+        return f"is not a token id of this model's vocabulary [0, {self.vocab_size})"
+
     # -- one step ----------------------------------------------------------------------------------
 
     def _group(self, index: int, request: Request) -> SampleGroup:
-        if not isinstance(request, Request):
-            raise ValueError(f"requests[{index}] must be a steer.Request, got {type(request).__name__}")
         with_negatives = self.config.eta != 0
         return SampleGroup.for_request(index, request, with_base=self.config.gamma != 0, with_negatives=with_negatives)
 
     def _step(self, scheduler: Scheduler, default_seed: int) -> list[SampleGroup]:
         """Decode one token for every running group (prefilling the newly admitted ones); return
-        the groups that finished."""
+        the groups that finished.
+
+        A step that stops part-way (a forward raising, a KeyboardInterrupt) may have taken blocks
+        without writing their KV: it gives back every block of the scheduler's groups, promising
+        the prefix cache none of them.
+        """
+        try:
+            return self._decode_one_token(scheduler, default_seed)
+        except BaseException:
+            scheduler.release_all(computed=False)
+            raise
+
+    def _decode_one_token(self, scheduler: Scheduler, default_seed: int) -> list[SampleGroup]:
         decoding = scheduler.reserve_decode_slots()
         prefilling = scheduler.admit()
         groups = decoding + prefilling

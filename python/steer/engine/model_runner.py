@@ -322,10 +322,28 @@ class ProjectionReader:
         check_adapters_covered(self.model, self.covered)
 
 
+def _inner_model(model):
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def unsupported_reason(model, longest_context: int | None = None) -> str | None:
+    """Why the engine cannot run this model exactly, or None when it can. A sliding window only
+    matters when a stream can be longer than it (``longest_context``; default the model's limit)."""
+    config = _inner_model(model).config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LLAMA_FAMILY + GPT2_FAMILY:
+        return f"the engine has no forward for {model_type} models"
+    window = getattr(config, "sliding_window", None)
+    windowed = isinstance(window, int) and (model_type != "qwen2" or getattr(config, "use_sliding_window", False))
+    if windowed and window < (longest_context or getattr(config, "max_position_embeddings", window + 1)):
+        return f"the engine does not apply {model_type}'s sliding window ({window} tokens) yet"
+    return None
+
+
 def runner_for(model) -> LlamaFamilyRunner | GPT2Runner:
     """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper)."""
-    get_base_model = getattr(model, "get_base_model", None)
-    inner = get_base_model() if callable(get_base_model) else model
+    inner = _inner_model(model)
     model_type = getattr(inner.config, "model_type", None)
     if model_type in LLAMA_FAMILY:
         return LlamaFamilyRunner(inner)

@@ -5,7 +5,8 @@ new KV block where a stream's last one is full, and preempting the most recently
 when the cache is short (its blocks are freed; it waits and is recomputed later, its generated
 tokens kept, mostly from cached prefix blocks); then (2) admits waiting groups, oldest first,
 while their blocks and rows fit. A group that could not fit even in an empty cache is refused
-when it is added, never left waiting forever.
+when it is added, never left waiting forever. A decode loop that stops early gives every block
+of the groups it leaves unfinished back with ``release_all``.
 """
 
 from __future__ import annotations
@@ -109,3 +110,15 @@ class Scheduler:
     def finish(self, group: SampleGroup) -> None:
         self._release(group)
         self.running.remove(group)
+
+    def release_all(self, *, computed: bool) -> None:
+        """Give back every block the unfinished groups hold and drop them all, running or waiting:
+        the decode loop is over before they finished (an exception, a generator closed early).
+
+        ``computed=False`` when a step may have stopped between taking blocks and writing their
+        KV: no block left only to the prefix cache then claims KV it never got.
+        """
+        for group in [*self.running, *self.waiting]:  # waiting ones hold none; _release skips them
+            self._release(group, computed=computed)
+        self.running.clear()
+        self.waiting.clear()

@@ -11,24 +11,55 @@ sampled token is appended to all K of them.
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass, field
 
 from steer.engine.block_manager import BlockTable
 
 
+def _is_int(value) -> bool:
+    """An integer, Python's or numpy's; not a bool, which Python counts as an int (numpy does not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_token_list(name: str, tokens) -> list[int]:
-    tokens = list(tokens)
+    """Token ids as a list of Python ints, from a list or tuple of ints or a 1-D integer tensor or
+    numpy array; a ValueError naming ``name`` (and the offending position) otherwise."""
+    if hasattr(tokens, "ndim") and hasattr(tokens, "tolist"):  # torch tensor or numpy array
+        if tokens.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(tokens.shape)}")
+        tokens = tokens.tolist()  # Python ints, floats or bools by dtype: checked below like a list
+    else:
+        tokens = _as_list(name, tokens)
     if not tokens:
         raise ValueError(f"{name} is empty: a stream needs at least one token")
-    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
-        raise ValueError(f"{name} must hold non-negative int token ids")
-    return tokens
+    for position, token in enumerate(tokens):
+        if not _is_int(token):
+            raise ValueError(f"{name}[{position}] = {token!r} ({type(token).__name__}) is not an int token id")
+        if token < 0:
+            raise ValueError(f"{name}[{position}] = {token} is negative: token ids are >= 0")
+    return [int(token) for token in tokens]
+
+
+def _as_list(name: str, items) -> list:
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise ValueError(f"{name} = {items!r} is not a token-id list or 1-D tensor")
+    return list(items)
+
+
+def _check_negative_streams(negative_ids) -> list[list[int]]:
+    """Each of the M streams checked like prompt_ids (a 2-D tensor is M streams of one length)."""
+    streams = _as_list("negative_ids", negative_ids)
+    return [_check_token_list(f"negative_ids[{i}]", stream) for i, stream in enumerate(streams)]
 
 
 @dataclass
 class Request:
     """One synthetic sample to generate.
 
+    prompt_ids and each negative stream: token ids as a list (or tuple) of ints or a 1-D integer
+        tensor or numpy array; stored as a list of Python ints. The engine checks them against
+        its model (vocabulary, context length).
     negative_ids: M token-id lists, the expert's negative contexts (M = 1 is the paper's
         "concat" mode, the examples already joined; M > 1 averages the streams). May be empty
         when the engine's eta is 0.
@@ -43,13 +74,19 @@ class Request:
 
     def __post_init__(self) -> None:
         self.prompt_ids = _check_token_list("prompt_ids", self.prompt_ids)
-        self.negative_ids = [_check_token_list(f"negative_ids[{i}]", n) for i, n in enumerate(self.negative_ids)]
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        self.negative_ids = _check_negative_streams(self.negative_ids)
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+        if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"min_new_tokens must be an int in [0, max_new_tokens], got {self.min_new_tokens!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise ValueError(f"seed must be None or an int in [0, 2^63), got {self.seed!r}")
+        if self.eos_token_id is not None and (not _is_int(self.eos_token_id) or self.eos_token_id < 0):
+            raise ValueError(f"eos_token_id must be None or an int >= 0 (a token id), got {self.eos_token_id!r}")
+        # Plain Python ints from here on, whatever integer type came in (numpy's, say).
+        self.max_new_tokens, self.min_new_tokens = int(self.max_new_tokens), int(self.min_new_tokens)
+        self.seed = None if self.seed is None else int(self.seed)
+        self.eos_token_id = None if self.eos_token_id is None else int(self.eos_token_id)
 
 
 class StreamRole(enum.Enum):

@@ -1,0 +1,77 @@
+"""Architectures the engine has no forward for still work from the command line: steer generate
+falls back to Hugging Face generate with the drop-in SteerLogitsProcessor, says so in one line,
+and writes the same records, resumably."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from model_dirs import save_lora_adapter, save_model_pair
+
+from steer.cli import main
+from steer.data import generate as generate_module
+
+FAST = ["--max-new-tokens", "6", "--batch-size", "2", "--quiet"]
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    path = tmp_path_factory.mktemp("real") / "real.txt"
+    path.write_text("hello world\nthe cat sat\nfoo bar baz\nanother one\nfine weather today\n")
+    return path
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "phi3", "opt", "mistral"])
+def test_an_architecture_without_an_engine_forward_generates_and_resumes(tmp_path, capsys, real, arch):
+    expert, base = save_model_pair(tmp_path, arch)
+    capsys.readouterr()  # saving prints progress bars
+    out = tmp_path / "out.jsonl"
+    common = ["generate", "--expert", str(expert), "--base", str(base), "--real", str(real), "--out", str(out), *FAST]
+    assert main([*common, "--n", "3"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("steer: ") and "drop-in SteerLogitsProcessor" in err[0]
+    assert ("sliding window" if arch in ("mistral",) else f"no forward for {arch}") in err[0]
+    assert main([*common, "--n", "5", "--resume"]) == 0
+    rows = records(out)
+    assert [r["id"] for r in rows] == list(range(5)) and len({r["seed"] for r in rows}) == 5
+    assert all(r["text"].strip() and len(r["negative_ids"]) == 5 for r in rows)
+
+
+def test_a_lora_expert_of_an_unsupported_architecture_runs_with_its_adapters_off_as_the_base(tmp_path, real):
+    _, base = save_model_pair(tmp_path, "qwen3")
+    adapter = save_lora_adapter(tmp_path, base)
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", "--expert", str(adapter), "--real", str(real), "--out", str(out), "--n", "3", "--negative-mode", "separate", *FAST]) == 0
+    assert [r["id"] for r in records(out)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("extra", [["--eta", "0", "--gamma", "0.5"], ["--eta", "0", "--gamma", "0", "--top-p", "0.8"]])
+def test_the_drop_in_path_draws_the_tokens_the_engine_draws(models, tmp_path, monkeypatch, extra):
+    """Same seeds, same counter-based noise: without negatives (whose draws the two schedules
+    order differently) the records' texts are the engine's."""
+    common = ["generate", "--expert", str(models["expert"]), "--base", str(models["base"]), "--real", str(models["real"]), "--n", "6", *FAST, *extra]
+    engine_out, dropin_out = tmp_path / "engine.jsonl", tmp_path / "dropin.jsonl"
+    assert main([*common, "--out", str(engine_out)]) == 0
+    monkeypatch.setattr("steer.engine.model_runner.unsupported_reason", lambda *_: "forced for the test")
+    assert main([*common, "--out", str(dropin_out)]) == 0
+    assert [r["text"] for r in records(dropin_out)] == [r["text"] for r in records(engine_out)]
+    assert [r["seed"] for r in records(dropin_out)] == [r["seed"] for r in records(engine_out)]
+
+
+def test_the_fallback_is_chosen_before_anything_is_written(models, tmp_path, monkeypatch):
+    chosen = []
+    original = generate_module.build_engine
+
+    def spy(plan, models=None, **kwargs):
+        chosen.append(plan.request.out.exists())
+        return original(plan, models, **kwargs)
+
+    monkeypatch.setattr(generate_module, "build_engine", spy)
+    out = tmp_path / "o.jsonl"
+    assert main(["generate", "--expert", str(models["expert"]), "--base", str(models["base"]), "--real", str(models["real"]), "--out", str(out), "--n", "1", *FAST]) == 0
+    assert chosen == [True] and out.stat().st_size > 0
