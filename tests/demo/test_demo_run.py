@@ -45,10 +45,38 @@ def test_demo_writes_data_metrics_plots_and_report(demo_dir):
     assert "data:image/png;base64," in report and "http" not in report.split("<footer>")[0].lower()
 
 
-def test_demo_rerun_keeps_what_it_wrote(demo_dir, capsys):
+def test_demo_rerun_keeps_what_it_wrote_and_says_so(demo_dir, capsys):
     before = (demo_dir / "synthetic.jsonl").read_bytes()
+    capsys.readouterr()
     assert main(["demo", "--out", str(demo_dir), "--n", "16", "--batch-size", "8", "--embedder", "tfidf", "--quiet"]) == 0
     assert (demo_dir / "synthetic.jsonl").read_bytes() == before
+    out = capsys.readouterr().out
+    assert f"STEER: 16 samples reused from {demo_dir / 'synthetic.jsonl'}, written by an earlier run" in out
+    assert "plain expert: 16 samples reused from" in out
+
+
+def test_demo_and_report_say_in_words_which_set_wins_on_what(demo_dir, capsys):
+    from steer.data.metrics import verdict
+
+    steer_summary = json.loads((demo_dir / "metrics.json").read_text())["summary"]
+    plain_summary = json.loads((demo_dir / "plain_expert_metrics.json").read_text())["summary"]
+    sentence = verdict("STEER", steer_summary, "plain expert", plain_summary)
+    assert "is better on" in sentence or "a tie on" in sentence
+    for label in ("normalised 3-grams", "diversity", "coherency", "authenticity AUC", "copies of real texts"):
+        assert label in sentence  # every headline metric is placed on one side or the other
+    report = (demo_dir / "report.html").read_text()
+    assert '<p class="verdict">Against plain expert' in report
+
+
+def test_the_verdict_reads_each_metric_the_right_way():
+    from steer.data.metrics import verdict
+
+    ours = {"diversity": 0.6, "coherency": 0.2, "authenticity_auc": 0.9, "mauve": 0.4, "exact_copy_fraction": 0.0}
+    theirs = {"diversity": 0.5, "coherency": 0.2, "authenticity_auc": 0.6, "mauve": 0.5, "exact_copy_fraction": 0.1}
+    assert verdict("A", ours, "B", theirs) == (
+        "A is better on diversity (0.600 vs 0.500), copies of real texts (0.000 vs 0.100); "
+        "B is better on authenticity AUC (0.600 vs 0.900), MAUVE (0.500 vs 0.400); a tie on coherency."
+    )
 
 
 @pytest.mark.parametrize(

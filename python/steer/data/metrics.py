@@ -593,3 +593,41 @@ def evaluate(real_texts, synthetic_texts, *, embedder="auto", seed: int = 0, knn
     )
     result["timings_s"]["embed"] = embed_seconds
     return result
+
+
+VERDICT_METRICS = (
+    # (summary key, name, which way is better: "higher", "lower", or "closer to 0.5")
+    ("normalised_3grams", "normalised 3-grams", "higher"),
+    ("diversity", "diversity", "higher"),
+    ("coherency", "coherency", "higher"),
+    ("authenticity_auc", "authenticity AUC", "closer to 0.5"),
+    ("mauve", "MAUVE", "higher"),
+    ("exact_copy_fraction", "copies of real texts", "lower"),
+)
+TIE = 0.005  # differences below this are reported as a tie: the metrics are noisier than that
+
+
+def _goodness(value: float, better: str) -> float:
+    return {"higher": value, "lower": -value, "closer to 0.5": -abs(value - 0.5)}[better]
+
+
+def verdict(name: str, summary: dict, other_name: str, other: dict) -> str:
+    """Which of two synthetic sets wins on which headline metric, in one sentence, e.g.
+    "STEER is better on diversity (0.597 vs 0.573); plain expert is better on MAUVE (0.530 vs
+    0.442); a tie on copies of real texts." Metrics missing on either side are left out."""
+    wins: dict[str, list[str]] = {name: [], other_name: [], "tie": []}
+    for key, label, better in VERDICT_METRICS:
+        ours, theirs = summary.get(key), other.get(key)
+        if ours is None or theirs is None:
+            continue
+        difference = _goodness(ours, better) - _goodness(theirs, better)
+        if abs(difference) < TIE:
+            wins["tie"].append(label)
+        elif difference > 0:
+            wins[name].append(f"{label} ({ours:.3f} vs {theirs:.3f})")
+        else:
+            wins[other_name].append(f"{label} ({theirs:.3f} vs {ours:.3f})")
+    parts = [f"{who} is better on {', '.join(items)}" for who, items in wins.items() if who != "tie" and items]
+    if wins["tie"]:
+        parts.append(f"a tie on {', '.join(wins['tie'])}")
+    return ("; ".join(parts) or "nothing to compare") + "."

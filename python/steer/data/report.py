@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import verdict
+
 REAL_COLOUR = "#3b6fb6"
 SYNTHETIC_COLOUR = "#e07b39"
 _STYLE = {
@@ -444,10 +446,14 @@ def _baseline_section(metrics: dict, baselines: dict | None) -> str:
 
     rows = [f"<tr><td><b>this report's set</b></td>{cells(ours, False)}</tr>"]
     rows += [f"<tr><td>{_e(name)}</td>{cells(other.get('summary', {}), True)}</tr>" for name, other in baselines.items()]
+    verdicts = "".join(
+        f'<p class="verdict">Against {_e(name)}: {_e(verdict("this set", ours, name, other.get("summary", {})))}</p>\n'
+        for name, other in baselines.items()
+    )
     return (
         "<h2>Compared with</h2>\n"
         '<p class="muted small">Scored against the same real set with the same embeddings; in brackets, this report\'s set minus the baseline (positive: this set is higher).</p>\n'
-        f"<table><thead><tr><th>Set</th>{header}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
+        f"<table><thead><tr><th>Set</th>{header}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>\n" + verdicts
     )
 
 

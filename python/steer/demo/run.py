@@ -36,6 +36,16 @@ def _request(real: list[str], out: Path, n: int, config: SteerConfig, batch_size
     )
 
 
+def _generation_line(summary) -> str:
+    """How a set came to be: generated now, reused from an earlier demo run, or both."""
+    new = summary.written - summary.resumed_from
+    if new == 0:
+        return f"{summary.written} samples reused from {summary.out}, written by an earlier run with the same settings (delete it to start fresh)"
+    if summary.resumed_from:
+        return f"{summary.resumed_from} samples reused from an earlier run, {new} generated in {summary.seconds:.1f} s"
+    return f"{new} samples in {summary.seconds:.1f} s"
+
+
 def _check_demo_arguments(out_dir: Path, n: int) -> None:
     """What only the demo asks of its arguments (plan_generation checks the rest), before a model
     or a file is touched."""
@@ -54,7 +64,7 @@ def run_demo(out_dir: Path, *, n: int = 200, seed: int = 0, batch_size: int = 32
     A second call with the same directory resumes (or reuses) what the first one wrote."""
     from steer.data.embeddings import make_embedder
     from steer.data.evaluation import evaluate_and_report, headline
-    from steer.data.metrics import evaluate
+    from steer.data.metrics import evaluate, verdict
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -71,7 +81,7 @@ def run_demo(out_dir: Path, *, n: int = 200, seed: int = 0, batch_size: int = 32
           f"and {n} with plain expert sampling, into {out_dir}", flush=True)
     for name, plan in (("STEER", steer_plan), ("plain expert", plain_plan)):
         summary = run_generation(plan, models=models)
-        print(f"  {name}: {summary.written} samples in {summary.seconds:.1f} s", flush=True)
+        print(f"  {name}: {_generation_line(summary)}", flush=True)
     embed = make_embedder(embedder)
     steer_texts, plain_texts = read_texts(steer_plan.request.out), read_texts(plain_plan.request.out)
     plain = evaluate(real, plain_texts, embedder=embed, seed=seed, knn=False)
@@ -84,5 +94,6 @@ def run_demo(out_dir: Path, *, n: int = 200, seed: int = 0, batch_size: int = 32
     steer_rows, plain_rows = dict(headline(metrics)), dict(headline(plain))
     for name, value in steer_rows.items():
         print(f"  {name:<28} {value:>7}  {plain_rows.get(name, '-'):>7}")
+    print(f"  {verdict('STEER', metrics['summary'], 'plain expert', plain['summary'])}")
     print(f"wrote {out_dir / 'report.html'} (open it in a browser), metrics.json, plots; {time.perf_counter() - start:.0f} s in all")
     return 0
