@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 NEGATIVE_MODES = ("concat", "separate")
+MAX_SEED = 2**62
 
 
 def _check_finite_at_least(name: str, value: float, low: float) -> None:
@@ -124,8 +125,8 @@ class SteerConfig:
             raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got {self.negative_mode!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED):
+            raise ValueError(f"seed must be None or an int in [0, 2^62), got {self.seed!r}")  # room for per-sample offsets below 2^63
         if not isinstance(self.rescale, bool):
             raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
 

@@ -114,6 +114,9 @@ BAD_INPUT = [
     (["--real", "{real}", "--base", "{other_tokenizer}"], "tokenizers of --expert and --base differ"),
     (["--real", "{real}", "--base", "{nowhere}"], "--base"),
     (["--real", "{real}", "--device", "cuda:7"], "--device"),
+    (["--real", "{real}", "--prompt", "x" * 300], "more than the model's context of 256 tokens"),
+    (["--real", "{real}", "--eta", "0", "--max-new-tokens", "1000"], "more than the model's context"),
+    (["--real", "{real}", "--seed", str(2**62)], "seed must be None or an int in [0, 2^62)"),
 ]
 
 

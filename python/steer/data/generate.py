@@ -124,6 +124,23 @@ def _example_budget(max_positions: int | None, config: SteerConfig, prefix: int,
     return budget
 
 
+def _check_fits_the_model(sources: ModelSources, tokenizer, prompt_ids: list[int], config: SteerConfig) -> None:
+    """The prompt plus the generated tokens within the model's context, the tokenizer's ids within
+    its vocabulary: what the engine would refuse after minutes of loading, refused now."""
+    max_positions = sources.max_positions()
+    if max_positions is not None and len(prompt_ids) + config.max_new_tokens > max_positions:
+        raise DataError(
+            f"the prompt ({len(prompt_ids)} tokens) plus --max-new-tokens {config.max_new_tokens} is more than the "
+            f"model's context of {max_positions} tokens: shorten the prompt or lower --max-new-tokens"
+        )
+    vocab_size = sources.vocab_size()
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise DataError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}: "
+            "the tokenizer does not belong to this model (or tokens were added without resizing the embeddings)"
+        )
+
+
 def plan_generation(request: GenerateRequest) -> GenerationPlan:
     """Check the request and tokenise its inputs; raises DataError naming the first problem."""
     _check_request(request)
@@ -131,6 +148,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
     sources = ModelSources.resolve(request.expert, request.base, needs_base=config.gamma != 0, allow_pickle=request.allow_pickle)
     tokenizer = load_tokenizer(sources)
     prompt_ids = _prompt_ids(tokenizer, request.prompt)
+    _check_fits_the_model(sources, tokenizer, prompt_ids, config)
     eos = tokenizer.eos_token_id
     # Between examples of a negative context: end one example and begin the next one as the prompt does.
     separator_ids = ([eos] if eos is not None else list(tokenizer("\n", add_special_tokens=False)["input_ids"])) + prompt_ids

@@ -196,18 +196,24 @@ class ModelSources:
         found = [("--expert", str(expert))] if (expert / "tokenizer_config.json").is_file() or (expert / "tokenizer.json").is_file() else []
         return found + ([("--base", self.base)] if self.base else [])
 
+    def _config(self) -> dict:
+        """The model config of the expert's weights (the base's, for an adapter); a multimodal
+        config's text part."""
+        option, directory = ("--expert", self.expert) if self.expert else ("--base", self.base)
+        config_path = Path(directory) / "config.json"
+        config = _read_json(option, config_path) if config_path.is_file() else {}
+        return config["text_config"] if isinstance(config.get("text_config"), dict) else config
+
     def max_positions(self) -> int | None:
-        config_path = Path(self.expert or self.base) / "config.json"
-        config = _read_json("--expert", config_path) if config_path.is_file() else {}
-        config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
+        config = self._config()
         for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-            if isinstance(config.get(key), int):
+            if isinstance(config.get(key), int) and not isinstance(config[key], bool):
                 return config[key]
         return None
 
-    def model_type(self) -> str | None:
-        config_path = Path(self.expert or self.base) / "config.json"
-        return _read_json("--expert", config_path).get("model_type") if config_path.is_file() else None
+    def vocab_size(self) -> int | None:
+        value = self._config().get("vocab_size")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def fingerprints(self) -> dict:
         """The run metadata that names the models: absolute directories and their digests."""

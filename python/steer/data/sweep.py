@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer.data.generate import plan_generation, run_generation
-from steer.data.io import read_texts
+from steer.data.io import DataError, read_texts
 from steer.data.models import load_models, pick_device, pick_dtype
 
 TABLE_METRICS = ("normalised_3grams", "diversity", "coherency", "authenticity_auc", "mauve", "copies_of_real")
@@ -49,9 +49,11 @@ def run_sweep(request_for, gammas: list[float], etas: list[float], out_dir: Path
     from steer.data.report import plot_tradeoff, tradeoff_table_markdown
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file: steer sweep writes a directory of cells, a table and a plot")
     cells = [(g, e) for g in dict.fromkeys(gammas) for e in dict.fromkeys(etas)]
     plans = [plan_generation(request_for(g, e, cell_path(out_dir, g, e))) for g, e in cells]
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every cell is known to be good
     first = plans[0].request
     models = None
     embed = make_embedder(embedder)
