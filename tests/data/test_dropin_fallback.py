@@ -10,7 +10,6 @@ import pytest
 from model_dirs import save_lora_adapter, save_model_pair
 
 from steer.cli import main
-from steer.data import generate as generate_module
 
 FAST = ["--max-new-tokens", "6", "--batch-size", "2", "--quiet"]
 
@@ -61,17 +60,3 @@ def test_the_drop_in_path_draws_the_tokens_the_engine_draws(models, tmp_path, mo
     assert main([*common, "--out", str(dropin_out)]) == 0
     assert [r["text"] for r in records(dropin_out)] == [r["text"] for r in records(engine_out)]
     assert [r["seed"] for r in records(dropin_out)] == [r["seed"] for r in records(engine_out)]
-
-
-def test_the_fallback_is_chosen_before_anything_is_written(models, tmp_path, monkeypatch):
-    chosen = []
-    original = generate_module.build_engine
-
-    def spy(plan, models=None, **kwargs):
-        chosen.append(plan.request.out.exists())
-        return original(plan, models, **kwargs)
-
-    monkeypatch.setattr(generate_module, "build_engine", spy)
-    out = tmp_path / "o.jsonl"
-    assert main(["generate", "--expert", str(models["expert"]), "--base", str(models["base"]), "--real", str(models["real"]), "--out", str(out), "--n", "1", *FAST]) == 0
-    assert chosen == [True] and out.stat().st_size > 0

@@ -206,7 +206,8 @@ def test_a_killed_parquet_run_resumes_from_its_journal(models, tmp_path, monkeyp
 
 
 def test_a_foreign_parquet_file_is_refused_and_unchanged(models, tmp_path, capsys):
-    pyarrow = pytest.importorskip("pyarrow")
+    pytest.importorskip("pyarrow")
+    import pyarrow
     import pyarrow.parquet
 
     out = tmp_path / "d.parquet"
