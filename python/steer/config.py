@@ -120,7 +120,7 @@ class SteerConfig:
         if isinstance(self.num_negatives, bool) or not isinstance(self.num_negatives, int) or self.num_negatives < 0:
             raise ValueError(f"num_negatives must be an int >= 0, got {self.num_negatives!r}")
         if self.num_negatives == 0 and self.eta != 0:
-            raise ValueError(f"eta={self.eta} needs num_negatives >= 1 (negative prompts), got 0")
+            raise ValueError(f"num_negatives must be >= 1 when eta > 0 (eta={self.eta} weighs the negative prompts), got 0")
         if self.negative_mode not in NEGATIVE_MODES:
             raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got {self.negative_mode!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

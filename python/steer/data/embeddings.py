@@ -261,10 +261,10 @@ def make_embedder(name: str = "auto", *, seed: int = 0):
             )
         return MiniLMEmbedder(directory)
     if directory is not None:
-        _announce(f"steer eval: embeddings from all-MiniLM-L6-v2 (package {MINILM_PACKAGE}, offline)")
+        _announce(f"steer: embeddings from all-MiniLM-L6-v2 (package {MINILM_PACKAGE}, offline)")
         return MiniLMEmbedder(directory)
     _announce(
-        f"steer eval: {MINILM_PACKAGE} is not installed, so embeddings fall back to TF-IDF + SVD "
+        f"steer: {MINILM_PACKAGE} is not installed, so embeddings fall back to TF-IDF + SVD "
         f"(coherency, authenticity and MAUVE are coarser; {MINILM_INSTALL_HINT} for sentence embeddings)"
     )
     return TfidfEmbedder(seed=seed)

@@ -27,7 +27,7 @@ from pathlib import Path
 from steer.config import SteerConfig
 from steer.data.io import DataError, texts_digest
 from steer.data.models import ModelSources, load_models, load_tokenizer, pick_device, pick_dtype
-from steer.data.output import journal_path, open_output, output_format
+from steer.data.output import existing_records, journal_path, open_output, output_format
 from steer.engine.pool import NegativePool
 
 # Settings that must match between a run and the run that resumes it.
@@ -36,6 +36,9 @@ RUN_FIELDS = (
     "run_seed", "expert_digest", "base_digest", "prompt", "real_digest",
 )
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
+# A record's seed is the run's seed plus its attempt number: far below this limit in any real run,
+# which keeps a resumed run's seeds (run seed < 2^62, plus offsets) below the engine's 2^63.
+SEED_OFFSET_LIMIT = 2**61
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,8 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
     }
+    if request.resume:  # a file that cannot be continued is refused now, not after the models load
+        check_resumable(request.out, existing_records(request.out), metadata, request.n)
     return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata, budget)
 
 
@@ -191,6 +196,13 @@ def check_resumable(path: Path, existing: list[dict], metadata: dict, n: int) ->
             raise DataError(
                 f"{path}, record {number} was written with other settings ({'; '.join(differing)}): resume with the same "
                 "arguments and models, or write to another --out"
+            )
+        # The resumed run continues after the largest seed: each record's must be one this run drew.
+        seed, run_seed = record.get("seed"), metadata["run_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed - run_seed < SEED_OFFSET_LIMIT:
+            raise DataError(
+                f"{path}, record {number} has {'no seed' if seed is None else f'the seed {seed!r}'}, not one a run with --seed "
+                f"{run_seed} draws (an int from {run_seed} on): this file was not written by steer generate (or was edited): fix or move it"
             )
     if len(existing) > n:
         raise DataError(f"{path} already holds {len(existing)} samples, more than --n {n}")

@@ -75,8 +75,8 @@ def parse_jsonl_records(path: Path, data: bytes) -> tuple[list[dict], int, bool]
         if line.strip():
             _append_record(path, number, line, records, seen)
     tail = data[complete:]
-    if not tail.strip():
-        return records, len(data), False
+    if not tail.strip():  # nothing, or an unterminated blank line: end it, so the next record starts its own line
+        return records, len(data), bool(tail)
     try:
         last = json.loads(tail.decode("utf-8"))
     except (ValueError, RecursionError):  # not UTF-8, not JSON, or a number of over 4300 digits
@@ -326,6 +326,28 @@ class ParquetSampleWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def existing_records(path) -> list[dict]:
+    """The records already in an output (for Parquet: its journal when there is one), read without
+    changing anything; DataError for a file steer did not write. Lets a caller refuse a resume
+    before it loads any model; the writer checks again when it opens the file."""
+    path = Path(path)
+    if output_format(path) == "parquet":
+        journal = journal_path(path)
+        if journal.is_file() and journal.stat().st_size > 0:
+            path = journal
+        elif path.is_file():
+            return read_parquet_records(path)
+        else:
+            return []
+    if not path.is_file():
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise _cannot("read the output file", path, error) from None
+    return parse_jsonl_records(path, data)[0]
 
 
 def open_output(path, *, check: RecordCheck | None = None):
