@@ -386,27 +386,24 @@ def _check_side(texts, name: str) -> list[str]:
 
 
 def match_sizes(real_texts, synthetic_texts, seed: int = 0) -> tuple[list[str], list[str], dict]:
-    """The two sets at one size, as the paper compares them.
+    """The two sets at one size, as the paper compares them, in an order that depends only on
+    what the sets hold and the seed.
 
-    The real set is shuffled with ``seed`` and cut to the synthetic set's size. When the synthetic
-    set is the larger one, the real set is kept whole (shuffled) and the synthetic set is cut to
-    its size instead: a seeded random subset, kept in generation order. Returns
-    ``(real_used, synthetic_used, counts)`` with counts ``{"real_input", "synthetic_input",
-    "real", "synthetic", "cut"}`` (cut: "real", "synthetic" or "none").
+    Both sets are sorted, then shuffled with ``seed``, so a file written in another order (a
+    resumed run, another batch size) scores the same: MAUVE's clustering and the authenticity
+    classifier's folds follow the order of their inputs (the same 200 samples in two orders gave
+    MAUVE 0.53 and 0.69). The larger set is cut to the smaller one's size (the paper cuts the real
+    set to the synthetic set's). Returns ``(real_used, synthetic_used, counts)`` with counts
+    ``{"real_input", "synthetic_input", "real", "synthetic", "cut"}`` (cut: "real", "synthetic"
+    or "none").
     """
-    real_texts = list(real_texts)
-    synthetic_texts = list(synthetic_texts)
+    real_texts = sorted(real_texts)
+    synthetic_texts = sorted(synthetic_texts)
     rng = np.random.default_rng(seed)
-    real_order = rng.permutation(len(real_texts))
     n = min(len(real_texts), len(synthetic_texts))
-    real_used = [real_texts[i] for i in real_order[:n]]
-    if len(synthetic_texts) > n:
-        keep = np.sort(rng.choice(len(synthetic_texts), size=n, replace=False))
-        synthetic_used = [synthetic_texts[i] for i in keep]
-        cut = "synthetic"
-    else:
-        synthetic_used = synthetic_texts
-        cut = "real" if len(real_texts) > n else "none"
+    real_used = [real_texts[i] for i in rng.permutation(len(real_texts))[:n]]
+    synthetic_used = [synthetic_texts[i] for i in rng.permutation(len(synthetic_texts))[:n]]
+    cut = "real" if len(real_texts) > n else "synthetic" if len(synthetic_texts) > n else "none"
     counts = {
         "real_input": len(real_texts),
         "synthetic_input": len(synthetic_texts),
