@@ -224,3 +224,22 @@ def test_other_output_extensions_are_refused(models, tmp_path, capsys, name):
     assert generate(models, out, "--n", "2") == 2
     assert "steer writes .jsonl or .parquet" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_parquet_file_that_cannot_be_written_leaves_the_journal_to_resume_from(models, tmp_path, monkeypatch, capsys):
+    pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "d.parquet"
+
+    def disk_full(*_, **__):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pyarrow_parquet, "write_table", disk_full)
+    assert generate(models, out, "--n", "3") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
+    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
+    assert [r["id"] for r in records(journal_path(out))] == [0, 1, 2]
+    monkeypatch.undo()
+    assert generate(models, out, "--n", "3", "--resume") == 0
+    assert [r["id"] for r in pyarrow_parquet.read_table(out).to_pylist()] == [0, 1, 2]
+    assert not journal_path(out).exists()
