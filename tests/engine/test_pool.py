@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from steer.engine.pool import NegativePool
 
@@ -24,3 +25,20 @@ def test_bad_pools_are_refused():
         NegativePool([])
     with pytest.raises(ValueError, match="example 1 is empty"):
         NegativePool([[1], []])
+
+
+@pytest.mark.parametrize("examples, message", [
+    ([[1, 2], [3, 4.5]], r"pool example 1\[1\] = 4.5 \(float\) is not a token id"),
+    ([[1, True]], r"pool example 0\[1\] = True \(bool\)"),
+    ([[-1]], r"pool example 0\[0\] = -1"),
+])
+def test_a_bad_pool_example_is_named_where_it_enters(examples, message):
+    with pytest.raises(ValueError, match=message):
+        NegativePool(examples)
+
+
+def test_a_bad_sample_added_to_the_pool_is_named():
+    pool = NegativePool([[1, 2]])
+    with pytest.raises(ValueError, match=r"pool example 1\[0\] = 'x'"):
+        pool.add(["x"])
+    assert pool.add(torch.tensor([5, 6])) == 1 and pool.examples[1] == [5, 6]

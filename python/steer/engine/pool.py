@@ -20,6 +20,16 @@ import random
 from collections.abc import Sequence
 
 
+def _token_ids(name: str, ids) -> list[int]:
+    """``ids`` as a list of ints, or a ValueError naming the pool entry: a bad id surfaces here,
+    where it entered, not as an anonymous stream of some later sample."""
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    for position, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise ValueError(f"{name}[{position}] = {token!r} ({type(token).__name__}) is not a token id")
+    return ids
+
+
 class NegativePool:
     def __init__(
         self,
@@ -30,13 +40,13 @@ class NegativePool:
         separator: Sequence[int] = (),
         suffix: Sequence[int] = (),
     ) -> None:
-        self.examples = [list(e) for e in examples]
+        self.examples = [_token_ids(f"pool example {i}", e) for i, e in enumerate(examples)]
         if not self.examples:
             raise ValueError("the negative pool needs at least one example")
         for index, example in enumerate(self.examples):
             if not example:
                 raise ValueError(f"pool example {index} is empty")
-        self.prefix, self.separator, self.suffix = list(prefix), list(separator), list(suffix)
+        self.prefix, self.separator, self.suffix = (_token_ids(name, ids) for name, ids in (("prefix", prefix), ("separator", separator), ("suffix", suffix)))
         self._rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -48,9 +58,10 @@ class NegativePool:
 
     def add(self, tokens: list[int]) -> int:
         """Add a finished sample (ignored if empty); return its index, or -1."""
+        tokens = _token_ids(f"pool example {len(self.examples)}", tokens)
         if not tokens:
             return -1
-        self.examples.append(list(tokens))
+        self.examples.append(tokens)
         return len(self.examples) - 1
 
     def negative_streams(self, indices: list[int], mode: str) -> list[list[int]]:
