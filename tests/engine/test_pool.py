@@ -28,7 +28,7 @@ def test_bad_pools_are_refused():
 
 
 @pytest.mark.parametrize("examples, message", [
-    ([[1, 2], [3, 4.5]], r"pool example 1\[1\] = 4.5 \(float\) is not a token id"),
+    ([[1, 2], [3, 4.5]], r"pool example 1\[1\] = 4.5 \(float\) is not an int token id"),
     ([[1, True]], r"pool example 0\[1\] = True \(bool\)"),
     ([[-1]], r"pool example 0\[0\] = -1"),
 ])

@@ -20,7 +20,7 @@ from steer.config import SteerConfig
 from steer.engine.engine import Result
 from steer.engine.pool import NegativePool
 from steer.hf.adapters_off import AdaptersOff
-from steer.hf.processor import SteerLogitsProcessor
+from steer.hf.processor import SteerLogitsProcessor, hf_module
 from steer.ops import sample
 
 
@@ -43,11 +43,6 @@ class _CounterBasedDraw(LogitsProcessor):
         chosen = torch.full_like(scores, -torch.inf)
         chosen[torch.arange(rows, device=device), tokens.to(device)] = 0.0
         return chosen
-
-
-def _hf_module(model):
-    get_base_model = getattr(model, "get_base_model", None)
-    return get_base_model() if callable(get_base_model) else model
 
 
 class DropInGenerator:
@@ -93,7 +88,7 @@ class DropInGenerator:
         )
         draw = _CounterBasedDraw(config, seeds, len(prompt_ids), steer.vocab_size, self.backend)
         pad = eos_token_id if eos_token_id is not None else 0
-        module = _hf_module(self.expert)
+        module = hf_module(self.expert)
         # A fresh generation config: none of the model's own (repetition penalty, bad words, ...)
         # may change STEER's distribution.
         module.generation_config = GenerationConfig(eos_token_id=eos_token_id, pad_token_id=pad)

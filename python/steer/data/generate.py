@@ -92,9 +92,9 @@ def _check_request(request: GenerateRequest) -> None:
         raise DataError(f"--out {out} is a directory: give a .jsonl or .parquet file path")
     if out.exists() and not out.is_file():
         raise DataError(f"--out {out} is not a regular file")
-    output_format(out)
+    parquet = output_format(out) == "parquet"
     if not request.resume:
-        for path in (out, journal_path(out)) if output_format(out) == "parquet" else (out,):
+        for path in (out, journal_path(out)) if parquet else (out,):
             if path.exists() and path.stat().st_size > 0:
                 raise DataError(f"--out {out}: {path} already exists: pass --resume to continue that run, or choose another file (steer never overwrites)")
     pick_dtype(request.dtype, pick_device(request.device))  # both fail before any file is touched
@@ -111,12 +111,17 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def _examples_per_stream(config: SteerConfig) -> int:
+    """Pool examples in one negative context: all N joined ("concat"), or one each ("separate")."""
+    return config.num_negatives if config.negative_mode == "concat" else 1
+
+
 def _example_budget(max_positions: int | None, config: SteerConfig, prefix: int, separator: int) -> int | None:
     """Most tokens of one negative example so that every negative context plus the generated
     tokens fits the model's context window; None when the model states no limit."""
     if max_positions is None or config.eta == 0:
         return None
-    per_stream = config.num_negatives if config.negative_mode == "concat" else 1
+    per_stream = _examples_per_stream(config)
     room = max_positions - config.max_new_tokens - prefix
     budget = room // per_stream - separator
     if budget < 1:
@@ -309,7 +314,7 @@ def _longest_context(plan: GenerationPlan) -> int:
     if config.eta != 0:
         example = max(max(len(e) for e in plan.real_token_ids), config.max_new_tokens)
         example = min(example, plan.example_budget) if plan.example_budget is not None else example
-        per_stream = config.num_negatives if config.negative_mode == "concat" else 1
+        per_stream = _examples_per_stream(config)
         longest = max(longest, len(plan.prompt_ids) + per_stream * (example + len(plan.separator_ids)))
     return longest + config.max_new_tokens
 

@@ -62,7 +62,7 @@ def read_texts(path, text_field: str = "text") -> list[str]:
     try:
         return _read_examples(path, text_field)
     except OSError as error:  # permission denied, I/O error, ...: from any of the readers
-        raise DataError(f"{path}: cannot read it ({error.strerror or _one_line(error)})") from None
+        raise DataError(f"{path}: cannot read it ({error.strerror or one_line(error)})") from None
 
 
 def _read_examples(path: Path, text_field: str) -> list[str]:
@@ -93,7 +93,7 @@ def _read_examples(path: Path, text_field: str) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """An exception's message on one line, of a sensible length (pyarrow's run over lines)."""
     message = " ".join(str(error).split()) or type(error).__name__
     return message if len(message) <= 300 else message[:297] + "..."
@@ -154,7 +154,7 @@ def _parse_json(path: Path, text: str, line: int | None = None):
     except RecursionError:
         raise DataError(f"{path}{where}: not valid JSON (nested too deeply)") from None
     except ValueError as error:  # a number of more than 4300 digits, which Python refuses to convert
-        raise DataError(f"{path}{where}: not valid JSON ({_one_line(error)})") from None
+        raise DataError(f"{path}{where}: not valid JSON ({one_line(error)})") from None
 
 
 def _json_kind(value) -> str:
@@ -256,7 +256,7 @@ def _csv_column(path: Path, text: str, text_field: str, delimiter: str):
             else:
                 yield row[column]
     except csv.Error as error:
-        raise DataError(f"{path}, line {line}: not valid {'CSV' if delimiter == ',' else 'TSV'} ({_one_line(error)})") from None
+        raise DataError(f"{path}, line {line}: not valid {'CSV' if delimiter == ',' else 'TSV'} ({one_line(error)})") from None
 
 
 def _count(number: int, thing: str) -> str:
@@ -275,11 +275,12 @@ def _csv_text_column(path: Path, header: list[str], text_field: str) -> int:
 # --- columnar: Parquet, Arrow, datasets folders ---------------------------------------------------
 
 
-def _import_pyarrow(path: Path):
+def import_pyarrow(purpose: str):
+    """pyarrow, or a DataError saying that ``purpose`` ("reading x.parquet") needs it."""
     try:
         import pyarrow
     except ImportError:
-        raise DataError(f"reading {path} needs the pyarrow package: pip install 'steer[data]'") from None
+        raise DataError(f"{purpose} needs the pyarrow package: pip install 'steer[data]'") from None
     return pyarrow
 
 
@@ -289,7 +290,7 @@ def _no_column(path: Path, columns, text_field: str) -> DataError:
 
 def _column_texts(path: Path, column, text_field: str) -> list[str]:
     """The strings of an Arrow column, checked: of a string type, without nulls."""
-    pa = _import_pyarrow(path)
+    pa = import_pyarrow(f"reading {path}")
     kind = column.type
     if pa.types.is_dictionary(kind) and _is_arrow_string(pa, kind.value_type):
         column, kind = column.cast(kind.value_type), kind.value_type
@@ -299,7 +300,7 @@ def _column_texts(path: Path, column, text_field: str) -> list[str]:
         column.validate(full=True)  # a damaged file can decode into strings that are not UTF-8, or bad offsets
         values = column.to_pylist()
     except (pa.ArrowException, ValueError) as error:
-        raise DataError(f"{path}: column {text_field!r} is damaged ({_one_line(error)})") from None
+        raise DataError(f"{path}: column {text_field!r} is damaged ({one_line(error)})") from None
     if column.null_count:
         row = values.index(None)
         raise DataError(f"{path}, row {row}: column {text_field!r} is null, not a string")
@@ -312,7 +313,7 @@ def _is_arrow_string(pa, kind) -> bool:
 
 
 def _read_parquet(path: Path, text_field: str) -> list[str]:
-    _import_pyarrow(path)
+    import_pyarrow(f"reading {path}")
     import pyarrow.parquet as pq
 
     # pyarrow raises ArrowInvalid, OSError, ValueError, ... on corrupt files, with no documented set:
@@ -322,14 +323,14 @@ def _read_parquet(path: Path, text_field: str) -> list[str]:
             columns = parquet.schema_arrow.names
             column = parquet.read(columns=[text_field]).column(text_field) if text_field in columns else None
     except Exception as error:
-        raise DataError(f"{path}: not a readable Parquet file ({_one_line(error)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     if column is None:
         raise _no_column(path, columns, text_field)
     return _column_texts(path, column, text_field)
 
 
 def _read_arrow_ipc(path: Path, text_field: str) -> list[str]:
-    pa = _import_pyarrow(path)
+    pa = import_pyarrow(f"reading {path}")
     failure = None
     for open_reader in (pa.ipc.open_file, pa.ipc.open_stream):  # the file format (Feather v2), then the stream format
         try:  # as for Parquet: any failure inside pyarrow, names included, means not readable Arrow
@@ -343,7 +344,7 @@ def _read_arrow_ipc(path: Path, text_field: str) -> list[str]:
         if column is None:
             raise _no_column(path, columns, text_field)
         return _column_texts(path, column, text_field)
-    raise DataError(f"{path}: not a readable Arrow file ({_one_line(failure)})")
+    raise DataError(f"{path}: not a readable Arrow file ({one_line(failure)})")
 
 
 def _read_datasets_folder(path: Path, text_field: str) -> list[str]:
@@ -362,7 +363,7 @@ def _read_datasets_folder(path: Path, text_field: str) -> list[str]:
         columns = dataset.column_names
         column = dataset.with_format("arrow")[text_field] if text_field in columns else None
     except Exception as error:
-        raise DataError(f"{path}: not a readable datasets folder ({_one_line(error)})") from None
+        raise DataError(f"{path}: not a readable datasets folder ({one_line(error)})") from None
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(f"{path}: not a single dataset; pass the folder of one of its splits")
     if column is None:

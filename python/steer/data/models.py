@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from steer.data.io import DataError
+from steer.data.io import DataError, one_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_FILES = ("config.json", "adapter_config.json", "tokenizer_config.json", "processor_config.json")
@@ -224,11 +224,6 @@ class ModelSources:
         }
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def load_tokenizer(sources: ModelSources):
     """The run's tokenizer; a DataError if expert and base come with different ones."""
     from transformers import AutoTokenizer
@@ -241,7 +236,7 @@ def load_tokenizer(sources: ModelSources):
         try:
             tokenizers.append((option, AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)))
         except Exception as error:  # a broken tokenizer file is bad input, said in one line
-            raise DataError(f"{option} {directory}: could not load its tokenizer ({_one_line(error)})") from None
+            raise DataError(f"{option} {directory}: could not load its tokenizer ({one_line(error)})") from None
     (first_option, first), rest = tokenizers[0], tokenizers[1:]
     for option, other in rest:
         if first.get_vocab() != other.get_vocab() or first.all_special_ids != other.all_special_ids:
@@ -260,7 +255,7 @@ def _load_failure(what: str, option: str, directory: str, error: BaseException) 
         cause = cause.__cause__ or cause.__context__
     if cause is not None:
         return DataError(f"{option} {directory}: could not load {what}: refused to unpickle its weights, which hold more than tensors (objects that could run code)")
-    return DataError(f"{option} {directory}: could not load {what} ({_one_line(error)})")
+    return DataError(f"{option} {directory}: could not load {what} ({one_line(error)})")
 
 
 @contextmanager

@@ -17,12 +17,13 @@ removed again when the run fails before its first sample: no command leaves an e
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from steer.data.io import DataError
+from steer.data.io import DataError, import_pyarrow
 
 RECORD_START = b'{"id": '  # json.dumps of a record whose first key is "id"
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -45,11 +46,9 @@ def journal_path(path: Path) -> Path:
 
 
 def _pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise DataError("Parquet needs pyarrow: pip install 'steer[data]' (or write .jsonl)") from None
+    """pyarrow with its parquet submodule loaded (``pyarrow.parquet`` is used below)."""
+    pyarrow = import_pyarrow("writing Parquet")
+    importlib.import_module("pyarrow.parquet")
     return pyarrow
 
 

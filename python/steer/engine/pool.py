@@ -19,15 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-
-def _token_ids(name: str, ids) -> list[int]:
-    """``ids`` as a list of ints, or a ValueError naming the pool entry: a bad id surfaces here,
-    where it entered, not as an anonymous stream of some later sample."""
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    for position, token in enumerate(ids):
-        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-            raise ValueError(f"{name}[{position}] = {token!r} ({type(token).__name__}) is not a token id")
-    return ids
+from steer.engine.sequence import check_token_ids
 
 
 class NegativePool:
@@ -40,13 +32,15 @@ class NegativePool:
         separator: Sequence[int] = (),
         suffix: Sequence[int] = (),
     ) -> None:
-        self.examples = [_token_ids(f"pool example {i}", e) for i, e in enumerate(examples)]
+        # Ids are checked where they enter, so a bad one names its pool entry, not a later sample's stream.
+        self.examples = [check_token_ids(f"pool example {i}", e, allow_empty=True) for i, e in enumerate(examples)]
         if not self.examples:
             raise ValueError("the negative pool needs at least one example")
         for index, example in enumerate(self.examples):
             if not example:
                 raise ValueError(f"pool example {index} is empty")
-        self.prefix, self.separator, self.suffix = (_token_ids(name, ids) for name, ids in (("prefix", prefix), ("separator", separator), ("suffix", suffix)))
+        frames = (("prefix", prefix), ("separator", separator), ("suffix", suffix))
+        self.prefix, self.separator, self.suffix = (check_token_ids(name, ids, allow_empty=True) for name, ids in frames)
         self._rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -58,7 +52,7 @@ class NegativePool:
 
     def add(self, tokens: list[int]) -> int:
         """Add a finished sample (ignored if empty); return its index, or -1."""
-        tokens = _token_ids(f"pool example {len(self.examples)}", tokens)
+        tokens = check_token_ids(f"pool example {len(self.examples)}", tokens, allow_empty=True)
         if not tokens:
             return -1
         self.examples.append(tokens)

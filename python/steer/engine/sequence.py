@@ -22,7 +22,7 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_token_list(name: str, tokens) -> list[int]:
+def check_token_ids(name: str, tokens, *, allow_empty: bool = False) -> list[int]:
     """Token ids as a list of Python ints, from a list or tuple of ints or a 1-D integer tensor or
     numpy array; a ValueError naming ``name`` (and the offending position) otherwise."""
     if hasattr(tokens, "ndim") and hasattr(tokens, "tolist"):  # torch tensor or numpy array
@@ -31,7 +31,7 @@ def _check_token_list(name: str, tokens) -> list[int]:
         tokens = tokens.tolist()  # Python ints, floats or bools by dtype: checked below like a list
     else:
         tokens = _as_list(name, tokens)
-    if not tokens:
+    if not tokens and not allow_empty:
         raise ValueError(f"{name} is empty: a stream needs at least one token")
     for position, token in enumerate(tokens):
         if not _is_int(token):
@@ -50,7 +50,7 @@ def _as_list(name: str, items) -> list:
 def _check_negative_streams(negative_ids) -> list[list[int]]:
     """Each of the M streams checked like prompt_ids (a 2-D tensor is M streams of one length)."""
     streams = _as_list("negative_ids", negative_ids)
-    return [_check_token_list(f"negative_ids[{i}]", stream) for i, stream in enumerate(streams)]
+    return [check_token_ids(f"negative_ids[{i}]", stream) for i, stream in enumerate(streams)]
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Request:
     eos_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        self.prompt_ids = _check_token_list("prompt_ids", self.prompt_ids)
+        self.prompt_ids = check_token_ids("prompt_ids", self.prompt_ids)
         self.negative_ids = _check_negative_streams(self.negative_ids)
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")

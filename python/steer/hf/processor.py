@@ -68,7 +68,7 @@ def shared_vocabulary_size(expert, base, vocab_size: int | None) -> int:
     return vocab_size
 
 
-def _hf_module(model):
+def hf_module(model):
     """The transformers module whose forward ``generate`` calls (the inner model of a PEFT wrapper)."""
     get_base_model = getattr(model, "get_base_model", None)
     return get_base_model() if callable(get_base_model) else model
@@ -92,7 +92,7 @@ class _AttentionMaskRecorder:
             if this is not None and not this._paused:
                 this.latest = kwargs.get("attention_mask")
 
-        self._handle = _hf_module(model).register_forward_pre_hook(hook, with_kwargs=True)
+        self._handle = hf_module(model).register_forward_pre_hook(hook, with_kwargs=True)
         weakref.finalize(self, self._handle.remove)
 
     @contextmanager
