@@ -32,7 +32,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steer.engine.decode_linear import decode_linear, uses_kernel
+from steer.ops.decode_linear import decode_linear, uses_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bench_sample import side_by_side  # noqa: E402

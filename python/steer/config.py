@@ -6,7 +6,7 @@ A decode step combines K = 2 + M streams of logits for one sample:
     stream 1      base on the task prompt            weight  -gamma
     stream 2..K-1 expert on negative context i       weight  -eta / M each
 
-so the combined score is (1+gamma) lE - gamma lB - eta * mean_i lN_i (DESIGN.md section 2).
+so the combined score is (1+gamma) lE - gamma lB - eta * mean_i lN_i (docs/design.md, section 1).
 """
 
 from __future__ import annotations
@@ -77,10 +77,16 @@ def steer_weights(
         raise ValueError(f"num_negative_streams must be >= 0, got {num_negative_streams}")
     if num_negative_streams == 0 and eta != 0:
         raise ValueError(f"eta={eta} needs at least one negative stream, got num_negative_streams=0")
+    return torch.tensor(stream_weights(gamma, eta, num_negative_streams, rescale=rescale), dtype=torch.float32)
+
+
+def stream_weights(gamma: float, eta: float, num_negative_streams: int, *, rescale: bool = False) -> list[float]:
+    """``steer_weights`` as Python floats, unchecked: what the engine computes once per sample
+    group (its coefficients were checked when the request was made)."""
     per_stream = -eta / num_negative_streams if num_negative_streams else 0.0
     weights = [1.0 + gamma, -gamma] + [per_stream] * num_negative_streams
     scale = 1.0 / (1.0 - eta) if rescale else 1.0
-    return torch.tensor([w * scale for w in weights], dtype=torch.float32)
+    return [w * scale for w in weights]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def requests(eos=EOS):
     return [Request(p, n, NEW, eos_token_id=eos) for p, n in zip(PROMPTS, NEGATIVES)]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral", "qwen2_windowed"])
 @pytest.mark.parametrize("gamma, eta", [(0.5, 0.6), (0.0, 0.8), (0.7, 0.0)])
 def test_greedy_engine_is_the_formula_for_a_mixed_batch(arch, gamma, eta):
     expert, base = expert_and_base(arch)

@@ -8,7 +8,7 @@ from tiny_models import EOS, lora_expert_and_base, tiny_llama
 
 from steer import SteerConfig
 from steer.engine.engine import SteerEngine
-from steer.engine.model_runner import runner_for
+from steer.engine.models import runner_for
 from steer.engine.projection import Projection, projection_of
 from steer.engine.sequence import Request
 from steer.hf.uncached import steer_generate_uncached
@@ -41,8 +41,8 @@ def test_lora_expert_without_base_is_the_formula_in_one_forward_per_step(arch, m
     assert len(engine.passes) == 1
     runner = engine.passes[0][0]
     forwards = []
-    original = runner.forward
-    monkeypatch.setattr(runner, "forward", lambda *a, **k: forwards.append(k["adapter_rows"]) or original(*a, **k))
+    original = runner.last_hidden
+    monkeypatch.setattr(runner, "last_hidden", lambda *a, **k: forwards.append(k["adapter_rows"]) or original(*a, **k))
     results = engine.generate(requests())
     assert_is_the_formula(results, expert, base, 0.6, 0.5)
     assert len(forwards) == max(len(r.token_ids) for r in results)  # one forward per step
@@ -130,5 +130,5 @@ def test_device_and_dtype_move_the_models():
     expert, base = lora_expert_and_base("llama")
     expert32 = copy.deepcopy(expert)
     engine = SteerEngine(expert32, config=SteerConfig(temperature=0.0), dtype=torch.float32, device="cpu", block_size=4)
-    assert engine.dtype == torch.float32 and engine.cache.k.dtype == torch.float32
+    assert engine.dtype == torch.float32 and engine.runner.attention.cache.k.dtype == torch.float32
     assert next(expert32.parameters()).dtype == torch.float32

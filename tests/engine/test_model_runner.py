@@ -1,11 +1,15 @@
-"""The paged forward against the Hugging Face forward of the same weights."""
+"""The paged forward of each model family against the Hugging Face forward of the same weights."""
 
 import pytest
 import torch
 from tiny_models import BUILDERS
 
+from steer.engine.attention import PagedAttention
 from steer.engine.block_manager import BlockManager
-from steer.engine.model_runner import PagedKVCache, StepBatch, runner_for
+from steer.engine.kv_cache import PagedKVCache
+from steer.engine.models import runner_for
+from steer.engine.sequence import Stream, StreamRole
+from steer.engine.step_batch import StepBatch
 
 BLOCK = 4
 
@@ -15,50 +19,74 @@ def hf_last_logits(model, tokens):
         return model(torch.tensor([tokens])).logits[0, -1].float()
 
 
-def append_one_token(manager, tables, streams, step):
-    """A decode step's rows: one made-up token appended to every stream."""
-    rows = []
-    for row, (table, stream) in enumerate(zip(tables, streams)):
-        stream.append(30 + step + row)
-        manager.append(table, stream)
-        rows.append((table.block_ids, stream, 1))
-    return rows
+def new_stream(manager, tokens, namespace="expert"):
+    stream = Stream(StreamRole.PROMPT, namespace, list(tokens), len(tokens))
+    stream.table = manager.allocate(namespace, stream.tokens)
+    stream.num_computed = min(stream.table.num_cached_tokens, len(tokens) - 1)
+    return stream
+
+
+def forward(runner, attention, streams, device="cpu"):
+    """Logits [R, V] after each stream's last token; marks every stream's KV computed."""
+    batch = StepBatch.build(streams, BLOCK, device)
+    logits = runner.lm_head(runner.last_hidden(attention, batch)).float()
+    for stream in streams:
+        stream.num_computed = len(stream.tokens)
+    return logits
+
+
+def append_one_token(manager, streams, step):
+    """A decode step: one made-up token appended to every stream."""
+    for row, stream in enumerate(streams):
+        stream.tokens.append(30 + step + row)
+        manager.append(stream.table, stream.tokens)
+
+
+def setup(arch, seed, device="cpu", dtype=torch.float64, backend="auto"):
+    model = BUILDERS[arch](seed=seed).to(device=device, dtype=dtype)
+    runner = runner_for(model)
+    manager = BlockManager(num_blocks=64, block_size=BLOCK)
+    cache = PagedKVCache(runner.kv_shape, 64, BLOCK, dtype=dtype, device=device)
+    return model, runner, manager, PagedAttention(cache, backend)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 def test_prefill_then_decode_matches_hf_for_rows_of_different_lengths(arch):
-    model = BUILDERS[arch](seed=3)
-    runner = runner_for(model)
-    manager = BlockManager(num_blocks=64, block_size=BLOCK)
-    cache = PagedKVCache(runner.kv_shape, 64, BLOCK, dtype=torch.float64, device="cpu")
-    streams = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23, 24]]
-    tables = [manager.allocate("expert", s) for s in streams]
-    batch = StepBatch.build([(t.block_ids, s, len(s)) for t, s in zip(tables, streams)], BLOCK, "cpu")
-    logits = runner.forward(cache, batch)
+    model, runner, manager, attention = setup(arch, 3)
+    streams = [new_stream(manager, s) for s in ([5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23, 24])]
+    logits = forward(runner, attention, streams)
     for row, stream in enumerate(streams):
-        torch.testing.assert_close(logits[row], hf_last_logits(model, stream), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(logits[row], hf_last_logits(model, stream.tokens), rtol=1e-9, atol=1e-9)
     for step in range(6):
-        rows = append_one_token(manager, tables, streams, step)
-        logits = runner.forward(cache, StepBatch.build(rows, BLOCK, "cpu"))
+        append_one_token(manager, streams, step)
+        logits = forward(runner, attention, streams)
         for row, stream in enumerate(streams):
-            torch.testing.assert_close(logits[row], hf_last_logits(model, stream), rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(logits[row], hf_last_logits(model, stream.tokens), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_a_cached_prefix_is_not_recomputed(arch):
-    model = BUILDERS[arch](seed=4)
-    runner = runner_for(model)
-    manager = BlockManager(num_blocks=64, block_size=BLOCK)
-    cache = PagedKVCache(runner.kv_shape, 64, BLOCK, dtype=torch.float64, device="cpu")
+    model, runner, manager, attention = setup(arch, 4)
     prompt = list(range(3, 14))
-    first = manager.allocate("expert", prompt)
-    runner.forward(cache, StepBatch.build([(first.block_ids, prompt, len(prompt))], BLOCK, "cpu"))
-    second_tokens = prompt + [40, 41]
-    second = manager.allocate("expert", second_tokens)
-    assert second.num_cached_tokens == 8
-    new = len(second_tokens) - second.num_cached_tokens
-    logits = runner.forward(cache, StepBatch.build([(second.block_ids, second_tokens, new)], BLOCK, "cpu"))
-    torch.testing.assert_close(logits[0], hf_last_logits(model, second_tokens), rtol=1e-9, atol=1e-9)
+    forward(runner, attention, [new_stream(manager, prompt)])
+    second = new_stream(manager, prompt + [40, 41])
+    assert second.table.num_cached_tokens == 8 and second.num_new == 5
+    logits = forward(runner, attention, [second])
+    torch.testing.assert_close(logits[0], hf_last_logits(model, second.tokens), rtol=1e-9, atol=1e-9)
+
+
+def test_a_mixed_step_of_decode_prefill_and_prefix_hit_rows_matches_hf():
+    model, runner, manager, attention = setup("llama", 5)
+    first = new_stream(manager, list(range(3, 14)))
+    forward(runner, attention, [first])
+    append_one_token(manager, [first], 0)  # decode row
+    hit = new_stream(manager, list(range(3, 14)) + [50, 51, 52])  # 8 cached, 6 new
+    fresh = new_stream(manager, [60, 61, 62, 63, 64, 65, 66, 67, 68])  # prefill row
+    streams = [first, hit, fresh]
+    assert [s.num_new for s in streams] == [1, 6, 9]
+    logits = forward(runner, attention, streams)
+    for row, stream in enumerate(streams):
+        torch.testing.assert_close(logits[row], hf_last_logits(model, stream.tokens), rtol=1e-9, atol=1e-9)
 
 
 def test_unsupported_architecture_is_named():
@@ -69,27 +97,29 @@ def test_unsupported_architecture_is_named():
         runner_for(Fake())
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_decode_steps_with_the_triton_kernel_match_the_gather_path(arch):
-    """The GPU decode path (steer_kernels.paged_attention; here under Triton's interpreter) gives
-    the logits of the SDPA gather path."""
-    pytest.importorskip("triton")
-    from steer.ops import triton_backend
+def test_every_attention_backend_gives_the_reference_logits(arch, backend):
+    """The kernels (C++ on the CPU; Triton on a GPU or under its interpreter) against the torch
+    reference, for a prefill step and decode steps, in float32."""
+    from steer.ops import attention as ops_attention, triton_backend
 
-    if not (torch.cuda.is_available() or triton_backend.is_interpreted()):
-        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = BUILDERS[arch](seed=3).to(device=device, dtype=torch.float32)
-    runner = runner_for(model)
-    manager = BlockManager(num_blocks=64, block_size=BLOCK)
-    cache = PagedKVCache(runner.kv_shape, 64, BLOCK, dtype=torch.float32, device=device)
-    streams = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23, 24]]
-    tables = [manager.allocate("expert", s) for s in streams]
-    runner.forward(cache, StepBatch.build([(t.block_ids, s, len(s)) for t, s in zip(tables, streams)], BLOCK, device))
-    for step in range(3):
-        rows = append_one_token(manager, tables, streams, step)
-        kernel_batch = StepBatch.build(rows, BLOCK, device, decode_kernel=True)
-        assert kernel_batch.decode_kernel
-        with_kernel = runner.forward(cache, kernel_batch)
-        with_gather = runner.forward(cache, StepBatch.build(rows, BLOCK, device))
-        torch.testing.assert_close(with_kernel, with_gather, rtol=1e-4, atol=1e-4)
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if not (torch.cuda.is_available() or triton_backend.is_interpreted()):
+            pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = "cpu"
+        if ops_attention.resolve_backend("auto", torch.device("cpu"), torch.float32) != "cpp":
+            pytest.skip("steer._C has no paged_attention (a source tree that was not rebuilt)")
+    results = {}
+    for name in (backend, "torch"):
+        model, runner, manager, attention = setup(arch, 3, device=device, dtype=torch.float32, backend=name)
+        streams = [new_stream(manager, s) for s in ([5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23, 24])]
+        steps = [forward(runner, attention, streams, device)]
+        for step in range(3):
+            append_one_token(manager, streams, step)
+            steps.append(forward(runner, attention, streams, device))
+        results[name] = torch.stack(steps)
+    torch.testing.assert_close(results[backend], results["torch"], rtol=1e-4, atol=1e-4)

@@ -205,7 +205,7 @@ def failing_forward(engine, monkeypatch, error, on_call):
         return forward_that_fails
 
     for runner, _ in engine.passes:
-        monkeypatch.setattr(runner, "forward", failing(runner.forward))
+        monkeypatch.setattr(runner, "last_hidden", failing(runner.last_hidden))
     return monkeypatch.undo
 
 

@@ -20,7 +20,8 @@ from steer.config import SteerConfig
 from steer.engine.engine import Result
 from steer.engine.pool import NegativePool
 from steer.hf.adapters_off import AdaptersOff
-from steer.hf.processor import SteerLogitsProcessor, hf_module
+from steer.hf.processor import SteerLogitsProcessor
+from steer.model_info import hf_module
 from steer.ops import sample
 
 

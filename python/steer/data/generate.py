@@ -324,7 +324,7 @@ def build_engine(plan: GenerationPlan, models=None, *, notice=None):
     SteerEngine, or the drop-in path through Hugging Face ``generate`` for a model the engine
     cannot run (said in one line to ``notice``, default stderr)."""
     from steer.engine.engine import SteerEngine
-    from steer.engine.model_runner import unsupported_reason
+    from steer.engine.models import unsupported_reason
 
     request = plan.request
     device = pick_device(request.device)

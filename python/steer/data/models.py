@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from steer.data.io import DataError, one_line
+from steer.model_info import context_length
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_FILES = ("config.json", "adapter_config.json", "tokenizer_config.json", "processor_config.json")
@@ -205,11 +206,7 @@ class ModelSources:
         return config["text_config"] if isinstance(config.get("text_config"), dict) else config
 
     def max_positions(self) -> int | None:
-        config = self._config()
-        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-            if isinstance(config.get(key), int) and not isinstance(config[key], bool):
-                return config[key]
-        return None
+        return context_length(self._config())
 
     def vocab_size(self) -> int | None:
         value = self._config().get("vocab_size")

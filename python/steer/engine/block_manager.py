@@ -1,15 +1,19 @@
 """Paged KV memory for every stream of every model: fixed-size blocks, reference counts, and a
-prefix cache keyed by the hash of a block's tokens and everything before it.
+prefix cache of full blocks, found by the hash of their tokens and checked token for token.
 
 Plain Python on purpose (no torch): the block manager decides *which* physical blocks a stream
 uses; the model runner owns the tensors. Sharing happens at block granularity:
 
-    * Only full blocks are shared. A full block's key is (namespace, key of the previous block,
-      its tokens), so two streams share it exactly when their whole prefixes up to it agree.
-      The namespace separates KV that differs for the same tokens (expert vs base model).
+    * Only full blocks are shared. A full block is cached under (namespace, the block before it,
+      its tokens). A lookup hashes that triple to find a candidate, then compares it exactly:
+      the namespace, the tokens, and the parent (the very block the lookup matched for the
+      previous chunk, in the life it had when this block was cached; every reuse of a block
+      starts a new life). By induction a hit holds the KV of exactly the prefix asked for, so a
+      hash collision costs a recomputation, never a wrong answer. The namespace separates KV
+      that differs for the same tokens (expert vs base model).
     * A stream's last, partial block is always its own, so appending a token never writes into
       a block another stream reads (no copy-on-write needed).
-    * A freed block keeps its key until it is handed out again, so a prefix evicted from every
+    * A freed block keeps its entry until it is handed out again, so a prefix evicted from every
       stream can still be found by the next one that asks for it (least recently freed first
       out).
 """
@@ -24,11 +28,22 @@ class OutOfBlocks(RuntimeError):
     """Raised when an allocation needs more free blocks than there are."""
 
 
+@dataclass(frozen=True)
+class BlockIdentity:
+    """What a cached full block holds: a namespace's KV of ``tokens`` after the prefix whose last
+    block was ``parent`` (block id, life), or at the start of the stream (parent None)."""
+
+    namespace: str
+    parent: tuple[int, int] | None
+    tokens: tuple[int, ...]
+
+
 @dataclass
 class Block:
     block_id: int
     ref_count: int = 0
-    key: int | None = None  # set once the block is full and registered in the prefix cache
+    life: int = 0  # incremented each time the block is handed out afresh
+    identity: BlockIdentity | None = None  # set once the block is full and registered in the prefix cache
 
 
 @dataclass
@@ -39,11 +54,6 @@ class BlockTable:
     block_ids: list[int] = field(default_factory=list)
     num_tokens: int = 0
     num_cached_tokens: int = 0  # tokens whose KV was already in the cache when allocated
-    last_full_key: int | None = None  # the key of the last full block, chaining the next one
-
-
-def block_key(namespace: str, previous_key: int | None, tokens: tuple[int, ...]) -> int:
-    return hash((namespace, previous_key, tokens))
 
 
 class BlockManager:
@@ -53,9 +63,13 @@ class BlockManager:
         self.block_size = block_size
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self._cached: dict[int, int] = {}  # key -> block id
+        self._cached: dict[int, int] = {}  # hash(identity) -> block id
 
     # -- accounting ---------------------------------------------------------------------------------
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
 
     @property
     def num_free_blocks(self) -> int:
@@ -68,29 +82,39 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def _lookup(self, identity: BlockIdentity) -> int | None:
+        """The cached block holding exactly ``identity``, or None."""
+        block_id = self._cached.get(hash(identity))
+        if block_id is None or self.blocks[block_id].identity != identity:
+            return None  # never cached, or a hash collision
+        return block_id
+
+    def _parent(self, block_id: int) -> tuple[int, int]:
+        return block_id, self.blocks[block_id].life
+
     def _plan(self, namespace: str, tokens: list[int]):
-        """For each block of a new stream: (tokens of the block, its key if full, the cached block
-        that already holds it or None). Sharing stops at the first miss: KV after it differs."""
-        key, sharing = None, True
+        """For each block of a new stream: (its identity if full, the cached block that already
+        holds it or None). Sharing stops at the first miss: KV after it differs."""
+        parent, sharing = None, True
         full = len(tokens) // self.block_size
         for index in range(self.blocks_needed(len(tokens))):
-            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
             if index >= full:
-                yield chunk, None, None
+                yield None, None
                 continue
-            key = block_key(namespace, key, chunk)
-            cached = self._cached.get(key) if sharing else None
+            identity = BlockIdentity(namespace, parent, tuple(tokens[index * self.block_size : (index + 1) * self.block_size]))
+            cached = self._lookup(identity) if sharing else None
             sharing = cached is not None
-            yield chunk, key, cached
+            parent = self._parent(cached) if sharing else None  # a miss ends sharing: parent unused after
+            yield identity, cached
 
     def new_blocks_needed(self, namespace: str, tokens: list[int]) -> int:
         """Blocks an ``allocate(namespace, tokens)`` would take from the free list now."""
-        return sum(cached is None or self.blocks[cached].ref_count == 0 for _, _, cached in self._plan(namespace, tokens))
+        return sum(cached is None or self.blocks[cached].ref_count == 0 for _, cached in self._plan(namespace, tokens))
 
     def cached_prefix_tokens(self, namespace: str, tokens: list[int]) -> int:
         """Leading tokens whose KV an ``allocate(namespace, tokens)`` would find cached now."""
         hits = 0
-        for _, _, cached in self._plan(namespace, tokens):
+        for _, cached in self._plan(namespace, tokens):
             if cached is None:
                 break
             hits += 1
@@ -103,10 +127,17 @@ class BlockManager:
             raise OutOfBlocks("no free KV block")
         block_id, _ = self._free.popitem(last=False)
         block = self.blocks[block_id]
-        if block.key is not None and self._cached.get(block.key) == block_id:
-            del self._cached[block.key]
-        block.key, block.ref_count = None, 1
+        self._forget(block)
+        block.ref_count, block.life = 1, block.life + 1
         return block
+
+    def _forget(self, block: Block) -> None:
+        """Drop the block from the prefix cache (its KV is about to change, or was never written)."""
+        if block.identity is not None:
+            key = hash(block.identity)
+            if self._cached.get(key) == block.block_id:
+                del self._cached[key]
+            block.identity = None
 
     def _reuse(self, block_id: int) -> None:
         block = self.blocks[block_id]
@@ -114,11 +145,12 @@ class BlockManager:
             del self._free[block_id]
         block.ref_count += 1
 
-    def _register_full(self, table: BlockTable, block: Block, tokens: tuple[int, ...]) -> None:
-        key = block_key(table.namespace, table.last_full_key, tokens)
-        block.key = key
-        self._cached.setdefault(key, block.block_id)
-        table.last_full_key = key
+    def _register_full(self, table: BlockTable, index: int, tokens: tuple[int, ...]) -> None:
+        """Cache block ``index`` of the table, now full with ``tokens``."""
+        block = self.blocks[table.block_ids[index]]
+        parent = self._parent(table.block_ids[index - 1]) if index > 0 else None
+        block.identity = BlockIdentity(table.namespace, parent, tokens)
+        self._cached.setdefault(hash(block.identity), block.block_id)
 
     def allocate(self, namespace: str, tokens: list[int]) -> BlockTable:
         """Blocks for a new stream whose context is ``tokens``, sharing every cached full prefix block.
@@ -127,20 +159,20 @@ class BlockManager:
         (a prefix of full blocks): the model runner computes only the rest. Atomic: on
         OutOfBlocks nothing stays allocated.
         """
-        if self.new_blocks_needed(namespace, tokens) > self.num_free_blocks:
-            raise OutOfBlocks(f"{self.new_blocks_needed(namespace, tokens)} blocks needed, {self.num_free_blocks} free")
+        plan = list(self._plan(namespace, tokens))
+        needed = sum(cached is None or self.blocks[cached].ref_count == 0 for _, cached in plan)
+        if needed > self.num_free_blocks:
+            raise OutOfBlocks(f"{needed} blocks needed, {self.num_free_blocks} free")
         table = BlockTable(namespace)
-        for chunk, key, cached in list(self._plan(namespace, tokens)):
+        for index, (identity, cached) in enumerate(plan):
             if cached is not None:
                 self._reuse(cached)
                 table.block_ids.append(cached)
-                table.last_full_key = key
                 table.num_cached_tokens += self.block_size
                 continue
-            block = self._take_free_block()
-            if key is not None:
-                self._register_full(table, block, chunk)
-            table.block_ids.append(block.block_id)
+            table.block_ids.append(self._take_free_block().block_id)
+            if identity is not None:
+                self._register_full(table, index, identity.tokens)
         table.num_tokens = len(tokens)
         return table
 
@@ -157,25 +189,22 @@ class BlockManager:
             table.block_ids.append(self._take_free_block().block_id)
         table.num_tokens += 1
         if table.num_tokens % self.block_size == 0:
-            last = self.blocks[table.block_ids[-1]]
-            self._register_full(table, last, tuple(tokens_so_far[-self.block_size :]))
+            self._register_full(table, len(table.block_ids) - 1, tuple(tokens_so_far[-self.block_size :]))
 
     def free(self, table: BlockTable, *, computed: bool = True) -> None:
         """Release a stream's blocks; blocks no stream uses go back to the free list, last-used last.
 
         Blocks are registered in the prefix cache when allocated, on the promise that the step
         computes their KV. ``computed=False`` (an allocation rolled back before any forward)
-        withdraws that promise: blocks nobody else holds forget their key, so no later stream
-        takes their never-written KV for a cached prefix.
+        withdraws that promise: blocks nobody else holds forget their identity, so no later
+        stream takes their never-written KV for a cached prefix.
         """
         for block_id in reversed(table.block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                if not computed and block.key is not None:
-                    if self._cached.get(block.key) == block_id:
-                        del self._cached[block.key]
-                    block.key = None
+                if not computed:
+                    self._forget(block)
                 self._free[block_id] = None
         table.block_ids.clear()
         table.num_tokens = 0

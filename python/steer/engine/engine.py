@@ -1,18 +1,31 @@
 """SteerEngine: STEER decoding of many requests at once over one paged KV cache.
 
-A step: the scheduler picks the groups; the expert runs one forward over every prompt stream and
-negative stream of those groups, the base one forward over their base streams; the [G, K, V]
-logits go to the fused sampler; the token joins all K streams of its group.
+The request-level API, in vLLM's words::
 
-Requests are checked against the model before any of them takes a KV block (ids and EOS in the
-vocabulary, every stream within the context length), and a decode loop that stops early (an
-exception, a KeyboardInterrupt, a run() generator closed) gives back every block it still holds:
-the block manager outlives the calls, so a leak would starve every later one.
+    request_id = engine.add_request(Request(prompt_ids, negative_ids, max_new_tokens=64))
+    while engine.has_unfinished_requests():
+        for output in engine.step():          # one RequestOutput per request that advanced
+            ...output.new_token_ids, output.finished, output.finish_reason
+    engine.abort_request(request_id)          # its KV blocks are free when this returns
+
+One step is schedule, run, sample, postprocess: the scheduler plans which groups run and what
+each stream computes; the model runner runs the expert's forward over every prompt and negative
+stream of the plan and the base's over its base streams (one forward for a LoRA expert), writing
+the [G, K, V] logits; the fused sampler draws one token per group; the scheduler appends it to
+all K streams and frees the finished groups. ``generate()`` and ``run()`` are short loops over
+``step()``.
+
+Requests are checked against the model before they take a KV block (ids and EOS in the
+vocabulary, every stream within the context length). A step that raises frees the blocks of
+every request the engine holds (their KV may be half written) and drops them; a ``generate()``
+or ``run()`` that stops early (an exception, a KeyboardInterrupt, a generator closed) aborts the
+requests it added. The block manager outlives every call, so a leak would starve every later one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,25 +33,18 @@ from dataclasses import dataclass
 import torch
 
 from steer.config import SteerConfig
+from steer.engine.attention import PagedAttention
 from steer.engine.block_manager import BlockManager
-from steer.engine.model_runner import PagedKVCache, StepBatch, runner_for
+from steer.engine.kv_cache import PagedKVCache
+from steer.engine.model_runner import ModelRunner
+from steer.engine.models import runner_for
 from steer.engine.pool import NegativePool
-from steer.engine.scheduler import Scheduler
-from steer.engine.sequence import GroupStatus, Request, SampleGroup, StreamRole
-from steer.hf.processor import shared_vocabulary_size
-from steer.ops import sample, triton_backend
+from steer.engine.scheduler import Scheduler, StepPlan
+from steer.engine.sequence import Request, SampleGroup
+from steer.model_info import context_length, shared_vocabulary_size
+from steer.ops import dispatch, sample
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
-
-
-def context_length(model_config) -> int | None:
-    """The most positions a model takes, from its Hugging Face config (n_positions or n_ctx for
-    GPT-2 style configs); None when the config states no limit."""
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(model_config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,18 @@ class Result:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class RequestOutput:
+    """What one step did for one request: the token(s) it added, all its tokens so far, and
+    whether it is done ("eos", "length", or "abort")."""
+
+    request_id: object
+    new_token_ids: list[int]
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None = None
+
+
 class SteerEngine:
     """Batched STEER decoding of Hugging Face causal LMs (Llama family, GPT-2).
 
@@ -57,18 +75,20 @@ class SteerEngine:
         base: the model it was tuned from (same tokenizer and architecture). Leave it None when
             ``expert`` is a PEFT LoRA model: the base is then the same weights with the adapters
             off, and expert and base rows run as one forward (each weight read once per step).
-            Also None when ``config.gamma == 0`` (no base stream).
-        config: the STEER and sampling hyperparameters (``SteerConfig``).
+            Also None when no request uses gamma > 0 (no base stream).
+        config: the STEER and sampling hyperparameters (``SteerConfig``): every request's
+            defaults; a request may override gamma, eta, temperature, top_k and top_p.
         device, dtype: where and in what precision to run; the models are moved there in place
             (``model.to``). Default: where the expert's weights are.
         max_batch_tokens: most new tokens in one forward (prefills of newly admitted groups plus one
             per decoding row); None for no limit. A group whose prefill alone exceeds it still runs,
             alone.
         kv_cache_memory: bytes of the paged KV pool shared by every stream of both models.
-        block_size: tokens per KV block; prefixes are shared at this granularity.
+        block_size: tokens per KV block (a power of two); prefixes are shared at this granularity.
         max_batch_rows: most streams (rows) in one forward.
         vocab_size: the tokenizer size, when expert and base LM heads are padded differently.
         backend: the sampler backend (``steer.backends("sample")``; "auto" picks the fastest).
+        attention_backend: "auto" (C++ on the CPU, Triton on a GPU), "cpp", "triton" or "torch".
     """
 
     def __init__(
@@ -85,14 +105,20 @@ class SteerEngine:
         max_batch_rows: int = 64,
         vocab_size: int | None = None,
         backend: str = "auto",
+        attention_backend: str = "auto",
     ) -> None:
         self.config = config if config is not None else SteerConfig()
         if device is not None or dtype is not None:
             for model in (expert, base):
                 if model is not None:
                     model.to(device=device, dtype=dtype)
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {block_size!r}")
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+            raise ValueError(f"max_batch_tokens must be None or an int >= 1, got {max_batch_tokens!r}")
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
         self.passes = self._forward_passes(expert, base)
+        self.has_base = any("base" in namespaces for _, namespaces in self.passes)
         self.max_context_length = self._max_context_length()
         parameter = next(expert.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
@@ -101,28 +127,28 @@ class SteerEngine:
         num_blocks = kv_cache_memory // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no KV block of {per_block} bytes")
-        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
-            raise ValueError(f"max_batch_tokens must be None or an int >= 1, got {max_batch_tokens!r}")
-        self.blocks = BlockManager(num_blocks, block_size)
-        self.cache = PagedKVCache(kv_shape, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.scheduler = Scheduler(BlockManager(num_blocks, block_size), max_rows=max_batch_rows, max_tokens=max_batch_tokens)
+        cache = PagedKVCache(kv_shape, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.runner = ModelRunner(self.passes, PagedAttention(cache, attention_backend), self.device)
         self.max_batch_rows, self.max_batch_tokens = max_batch_rows, max_batch_tokens
-        self.backend = backend
-        # Decode steps on a GPU attend with the Triton kernel straight from the paged pool.
-        self.decode_kernel = self.device.type == "cuda" and triton_backend.is_available()
+        self.backend = dispatch.resolve_name(backend, "sample", self.device)  # once, not per step
+        self._groups: dict[object, SampleGroup] = {}  # request id -> its group, until it finishes
+        self._request_numbers = itertools.count()
+        self._seed = self._draw_seed()
 
     def _forward_passes(self, expert, base) -> list[tuple]:
         """(runner, namespaces) of each forward of a step; a runner's adapters apply to the rows of
         its first namespace. One pass when the base is the expert with its adapters off."""
         expert_runner = runner_for(expert)
         if base is None:
+            if expert_runner.has_adapters:
+                return [(expert_runner, ("expert", "base"))]
             if self.config.gamma == 0:
                 return [(expert_runner, ("expert",))]
-            if not expert_runner.has_adapters:
-                raise ValueError(
-                    "base is None but the expert has no active LoRA adapter to switch off: pass the base model, "
-                    "or a PEFT LoRA model as the expert (or use gamma=0, which needs no base)"
-                )
-            return [(expert_runner, ("expert", "base"))]
+            raise ValueError(
+                "base is None but the expert has no active LoRA adapter to switch off: pass the base model, "
+                "or a PEFT LoRA model as the expert (or use gamma=0, which needs no base)"
+            )
         base_runner = runner_for(base)
         if expert_runner.kv_shape != base_runner.kv_shape:
             raise ValueError(f"expert and base must share an architecture: KV shapes {expert_runner.kv_shape} vs {base_runner.kv_shape}")
@@ -133,7 +159,76 @@ class SteerEngine:
         limits = [context_length(runner.model.config) for runner, _ in self.passes]
         return min((limit for limit in limits if limit is not None), default=None)
 
-    # -- public ------------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> BlockManager:
+        """The paged KV blocks of every stream (the scheduler's, for the engine's lifetime)."""
+        return self.scheduler.blocks
+
+    # -- the request-level API ---------------------------------------------------------------------
+
+    def add_request(self, request: Request, request_id=None) -> object:
+        """Queue a request; it joins the batch at the next step with room for it. Returns its id
+        (``request_id``, any hashable not in use, or a fresh int).
+
+        A ValueError names the first bad field (the request's ids against this model's
+        vocabulary and context, a gamma > 0 without a base model) and queues nothing."""
+        if request_id is None:
+            request_id = next(self._request_numbers)
+            while request_id in self._groups:
+                request_id = next(self._request_numbers)
+        elif request_id in self._groups:
+            raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
+        group = self._group(request, request_id, group_id=hash(request_id) & (2**62 - 1), seed=self._seed)
+        self.scheduler.add(group)
+        self._groups[request_id] = group
+        return request_id
+
+    def abort_request(self, request_id) -> bool:
+        """Stop a request now, wherever it is; its KV blocks are free when this returns. False
+        when no unfinished request has this id (it finished, or never was)."""
+        group = self._groups.pop(request_id, None)
+        if group is None:
+            return False
+        self.scheduler.abort(group)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work
+
+    def num_unfinished_requests(self) -> int:
+        return len(self._groups)
+
+    def step(self) -> list[RequestOutput]:
+        """Decode one token for every running request (prefilling the newly admitted ones); one
+        RequestOutput per request that advanced. [] when there is nothing to do.
+
+        If the forward or the sampler raises, every request the engine holds is dropped with
+        its blocks (their KV may be half written: no block of theirs stays a cached prefix) and
+        the error propagates; later requests run normally."""
+        if not self.scheduler.has_work:
+            return []
+        try:
+            plan = self.scheduler.schedule()
+            tokens = self._sample(plan, self.runner.run(plan))
+        except BaseException:
+            for group in self.scheduler.release_all(computed=False):
+                self._groups.pop(group.request_id, None)
+            raise
+        finished = set(map(id, self.scheduler.postprocess(plan, tokens)))
+        outputs = []
+        for group in plan.groups:
+            if id(group) in finished:
+                self._groups.pop(group.request_id, None)
+            outputs.append(self._output(group, id(group) in finished))
+        return outputs
+
+    @staticmethod
+    def _output(group: SampleGroup, finished: bool) -> RequestOutput:
+        new = group.generated[group.num_emitted :]
+        group.num_emitted = len(group.generated)
+        return RequestOutput(group.request_id, new, list(group.generated), finished, group.finish_reason if finished else None)
+
+    # -- loops over step() -------------------------------------------------------------------------
 
     def generate(self, requests: list[Request]) -> list[Result]:
         """Decode every request to EOS or its length limit; results in request order.
@@ -141,19 +236,18 @@ class SteerEngine:
         Every request is checked before any starts: a ValueError names the first bad field
         (``requests[i].prompt_ids[j]``, ...) and leaves the KV cache as it was.
         """
+        self._check_idle("generate()")
         requests = list(requests)
-        for index, request in enumerate(requests):
-            self._check_request(request, f"requests[{index}].")
-        groups = [self._group(index, request) for index, request in enumerate(requests)]
-        scheduler = self._scheduler()
-        for group in groups:
-            scheduler.add(group)
-        default_seed = self._default_seed()
+        seed = self._draw_seed()
+        groups = [self._group(r, ("generate", i), group_id=i, seed=seed, where=f"requests[{i}].") for i, r in enumerate(requests)]
         try:
-            while scheduler.has_work:
-                self._step(scheduler, default_seed)
+            for group in groups:
+                self.scheduler.add(group)
+                self._groups[group.request_id] = group
+            while self.scheduler.has_work:
+                self.step()
         finally:
-            scheduler.release_all(computed=True)  # between steps every held block's KV is written
+            self._abort_all()
         return [Result(list(g.generated), g.finish_reason) for g in groups]
 
     def run(
@@ -169,10 +263,11 @@ class SteerEngine:
         """Generate ``n`` samples of one prompt, yielding each as it finishes.
 
         The batch is kept full: a new sample starts as soon as there is room, drawing
-        ``config.num_negatives`` examples from ``pool`` (framed as the pool says), and every finished sample is added to ``pool`` (without its EOS) before the next
-        one starts. Sample i is seeded with ``config.seed + seed_offset + i`` when the config has a
-        seed, so a run is reproducible, and a resumed run (``seed_offset`` = samples already
-        started) does not repeat the seeds it used before.
+        ``config.num_negatives`` examples from ``pool`` (framed as the pool says), and every
+        finished sample is added to ``pool`` (without its EOS) before the next one starts. Sample i
+        is seeded with ``config.seed + seed_offset + i`` when the config has a seed, so a run is
+        reproducible, and a resumed run (``seed_offset`` = samples already started) does not
+        repeat the seeds it used before.
 
         The arguments are checked at the call, before any sample starts; a drawn negative context
         that does not fit the model's context stops the run with a ValueError naming it. Closing
@@ -183,31 +278,35 @@ class SteerEngine:
         if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
             raise ValueError(f"seed_offset must be an int >= 0, got {seed_offset!r}")
         template = Request(
-            prompt_ids, [], self.config.max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=eos_token_id
+            prompt_ids, [], self.config.max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=eos_token_id, eta=0.0
         )
         self._check_request(template)
-        return self._samples(template, n, pool, seed_offset)
+        self._check_idle("run()")
+        return self._samples(dataclasses.replace(template, eta=None), n, pool, seed_offset)
 
     def _samples(self, template: Request, n: int, pool: NegativePool, seed_offset: int) -> Iterator[Result]:
         """run()'s generator: ``template`` is the checked request of every sample, less its
         negatives and seed."""
-        scheduler = self._scheduler()
-        default_seed = self._default_seed()
+        default_seed = self._draw_seed()
         drawn: dict[int, list[int]] = {}
         started = 0
         try:
-            while started < n or scheduler.has_work:
-                while started < n and not scheduler.waiting:  # top up: one group waits for room
-                    seed = default_seed + seed_offset + started
-                    request, drawn[started] = self._sample_request(template, started, pool, seed)
-                    scheduler.add(self._group(started, request))
+            while started < n or self.scheduler.has_work:
+                while started < n and not self.scheduler.waiting:  # top up: one group waits for room
+                    request, drawn[started] = self._sample_request(template, started, pool, default_seed + seed_offset + started)
+                    group = self._group(request, ("run", started), group_id=started, seed=default_seed, checked=True)
+                    self.scheduler.add(group)
+                    self._groups[group.request_id] = group
                     started += 1
-                for group in self._step(scheduler, default_seed):
-                    tokens = group.generated
-                    pool.add(tokens[:-1] if group.finish_reason == "eos" else tokens)
-                    yield Result(list(tokens), group.finish_reason, tuple(drawn.pop(group.group_id)), group.request.seed)
+                for output in self.step():
+                    if not output.finished:
+                        continue
+                    tokens, reason = output.token_ids, output.finish_reason
+                    index = output.request_id[1]
+                    pool.add(tokens[:-1] if reason == "eos" else tokens)
+                    yield Result(list(tokens), reason, tuple(drawn.pop(index)), default_seed + seed_offset + index)
         finally:  # also when the consumer stops early: GeneratorExit arrives at the yield
-            scheduler.release_all(computed=True)  # between steps every held block's KV is written
+            self._abort_all()
 
     def _sample_request(self, template: Request, index: int, pool: NegativePool, seed: int) -> tuple[Request, list[int]]:
         """Sample ``index``'s request, with negatives drawn from the pool as it stands now, and the
@@ -221,25 +320,52 @@ class SteerEngine:
             self._check_stream(name, negative, request.max_new_tokens)
         return request, indices
 
-    def _default_seed(self) -> int:
-        """Requests without a seed share one drawn per call (torch.manual_seed makes it repeatable);
-        their noise still differs, since it is keyed by the group as well."""
-        return self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**62, ()))
+    def _check_idle(self, call: str) -> None:
+        if self._groups:
+            raise RuntimeError(
+                f"{call} drives the engine's steps itself, but {len(self._groups)} request(s) added with add_request() "
+                "are unfinished: step() them to the end or abort_request() them first"
+            )
 
-    def _scheduler(self) -> Scheduler:
-        """A call's scheduler, over the engine's long-lived KV blocks."""
-        return Scheduler(self.blocks, max_rows=self.max_batch_rows, max_tokens=self.max_batch_tokens)
+    def _abort_all(self) -> None:
+        for request_id in list(self._groups):
+            self.abort_request(request_id)
+
+    def _draw_seed(self) -> int:
+        """Requests without a seed share one, drawn per call (torch.manual_seed makes it
+        repeatable) unless the config has one; their noise still differs, since it is keyed by
+        the group as well."""
+        return self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**62, ()))
 
     # -- request checks -----------------------------------------------------------------------------
 
+    def _group(self, request: Request, request_id, *, group_id: int, seed: int, where: str = "", checked: bool = False) -> SampleGroup:
+        """The checked request's sample group, defaults from the engine's config."""
+        if not checked:
+            self._check_request(request, where)
+        group = SampleGroup.for_request(
+            group_id, request, self.config, rescale=self.config.rescale, request_id=request_id,
+            seed=request.seed if request.seed is not None else seed,
+        )  # fmt: skip
+        self.scheduler.check_fits(group)
+        return group
+
     def _check_request(self, request: Request, where: str = "") -> None:
         """What only the engine can check (Request has checked the types): every id and the EOS in
-        the model's vocabulary, every stream it will run within the model's context. ``where``
-        prefixes the field in the message ("requests[3].")."""
+        the model's vocabulary, every stream it will run within the model's context, a base for
+        gamma > 0. ``where`` prefixes the field in the message ("requests[3].")."""
         if not isinstance(request, Request):
             raise ValueError(f"{where.rstrip('.')} must be a steer.Request, got {type(request).__name__}")
+        gamma = self.config.gamma if request.gamma is None else request.gamma
+        eta = self.config.eta if request.eta is None else request.eta
+        if gamma != 0 and not self.has_base:
+            raise ValueError(f"{where}gamma = {gamma} needs a base model, and this engine has none (give it one, or a LoRA expert)")
+        if self.config.rescale and eta >= 1:
+            raise ValueError(f"{where}eta = {eta}: the engine's config rescales by 1 / (1 - eta), so eta must be < 1")
         self._check_stream(f"{where}prompt_ids", request.prompt_ids, request.max_new_tokens)
-        if self.config.eta != 0:  # with eta = 0 the negatives never run
+        if eta != 0:  # with eta = 0 the negatives never run
+            if not request.negative_ids:
+                raise ValueError(f"{where}negative_ids is empty, but eta = {eta} needs at least one negative stream")
             for index, negative in enumerate(request.negative_ids):
                 self._check_stream(f"{where}negative_ids[{index}]", negative, request.max_new_tokens)
         if request.eos_token_id is not None and request.eos_token_id >= self.vocab_size:
@@ -261,113 +387,53 @@ class SteerEngine:
     def _not_in_vocabulary(self) -> str:
         return f"is not a token id of this model's vocabulary [0, {self.vocab_size})"
 
-    # -- one step ----------------------------------------------------------------------------------
+    # -- sampling ----------------------------------------------------------------------------------
 
-    def _group(self, index: int, request: Request) -> SampleGroup:
-        with_negatives = self.config.eta != 0
-        return SampleGroup.for_request(index, request, with_base=self.config.gamma != 0, with_negatives=with_negatives)
-
-    def _step(self, scheduler: Scheduler, default_seed: int) -> list[SampleGroup]:
-        """Decode one token for every running group (prefilling the newly admitted ones); return
-        the groups that finished.
-
-        A step that stops part-way (a forward raising, a KeyboardInterrupt) may have taken blocks
-        without writing their KV: it gives back every block of the scheduler's groups, promising
-        the prefix cache none of them.
-        """
-        try:
-            return self._decode_one_token(scheduler, default_seed)
-        except BaseException:
-            scheduler.release_all(computed=False)
-            raise
-
-    def _decode_one_token(self, scheduler: Scheduler, default_seed: int) -> list[SampleGroup]:
-        decoding = scheduler.reserve_decode_slots()
-        prefilling = scheduler.admit()
-        groups = decoding + prefilling
-        if not groups:
-            raise RuntimeError("the scheduler admitted nothing although work is waiting")  # add() forbids it
-        new_tokens = {id(g): 1 for g in decoding}
-        for group in prefilling:
-            new_tokens[id(group)] = None  # everything not already cached
-        logits = self._forward(groups, new_tokens)
-        tokens = self._sample(groups, logits, default_seed)
-        finished = []
-        for group, token in zip(groups, tokens.tolist()):
-            group.append(token)
-            if group.status is GroupStatus.FINISHED:
-                scheduler.finish(group)
-                finished.append(group)
-        return finished
-
-    def _rows(self, groups, new_tokens, namespace: str) -> tuple[list[tuple], list[tuple[int, int]]]:
-        """The StepBatch rows of one model and, for each, (group position, stream position)."""
-        rows, where = [], []
+    def _sample(self, plan: StepPlan, logits: torch.Tensor) -> list[int]:
+        """One token per group of the plan, drawn by the fused sampler from the [G, K, V] logits;
+        one sampler call per distinct (temperature, top_k, top_p) of the plan's groups. The
+        tokens' read-back is the step's one host synchronisation."""
+        groups = plan.groups
+        banned = [(g_index, g.request.eos_token_id) for g_index, g in enumerate(groups)
+                  if g.request.eos_token_id is not None and len(g.generated) < g.request.min_new_tokens]  # fmt: skip
+        if banned:  # no EOS before min_new_tokens
+            rows, columns = zip(*banned)
+            logits[list(rows), 0, list(columns)] = -math.inf
+        k_expert, slots = max(g.num_expert_streams for g in groups), logits.shape[1]
+        weights = torch.tensor([self._slot_weights(g, k_expert, slots) for g in groups], dtype=torch.float32)
+        keys = torch.tensor(
+            [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]], dtype=torch.int64
+        ).to(self.device)
+        weights = weights.to(self.device)
+        by_sampling: dict = {}
         for g_index, group in enumerate(groups):
-            for s_index, stream in enumerate(group.streams):
-                if stream.namespace != namespace:
-                    continue
-                tokens = group.tokens(stream)
-                num_new = new_tokens[id(group)] or max(1, len(tokens) - stream.table.num_cached_tokens)
-                rows.append((stream.table.block_ids, tokens, num_new))
-                where.append((g_index, s_index))
-        return rows, where
+            by_sampling.setdefault(group.sampling, []).append(g_index)
+        if len(by_sampling) == 1:
+            return self._draw(next(iter(by_sampling)), logits, weights, keys).tolist()
+        tokens = torch.empty(len(groups), dtype=torch.long, device=self.device)
+        for sampling, rows in by_sampling.items():  # requests with different filters in one step
+            index = torch.tensor(rows, device=self.device)
+            tokens[index] = self._draw(sampling, logits.index_select(0, index), weights.index_select(0, index), keys[:, index])
+        return tokens.tolist()
 
-    def _forward(self, groups: list[SampleGroup], new_tokens) -> torch.Tensor:
-        """Logits [G, K_max, V] of every stream; streams a group lacks are zeros (weight 0)."""
-        k_max = max(g.num_streams for g in groups)
-        logits = torch.zeros(len(groups), k_max, self.vocab_size, dtype=torch.float32, device=self.device)
-        for runner, namespaces in self.passes:
-            rows, where = self._rows(groups, new_tokens, namespaces[0])
-            adapter_rows = len(rows)  # the runner's adapters apply to its first namespace's rows
-            for namespace in namespaces[1:]:
-                more_rows, more_where = self._rows(groups, new_tokens, namespace)
-                rows, where = rows + more_rows, where + more_where
-            if not rows:
-                continue
-            batch = StepBatch.build(rows, self.blocks.block_size, self.device, decode_kernel=self.decode_kernel)
-            out = runner.forward(self.cache, batch, adapter_rows=adapter_rows)
-            g_index, s_index = (torch.tensor(i, device=self.device) for i in zip(*where))
-            logits[g_index, s_index] = out[:, : self.vocab_size]
-        return logits
-
-    def _weights(self, group: SampleGroup, k_max: int) -> list[float]:
-        gamma, eta = self.config.gamma, self.config.eta
-        negatives = sum(s.role is StreamRole.NEGATIVE for s in group.streams)
-        weights = []
-        for stream in group.streams:
-            if stream.role is StreamRole.PROMPT:
-                weights.append(1.0 + gamma)
-            elif stream.role is StreamRole.BASE:
-                weights.append(-gamma)
-            else:
-                weights.append(-eta / negatives)
-        scale = 1.0 / (1.0 - eta) if self.config.rescale else 1.0
-        return [w * scale for w in weights] + [0.0] * (k_max - len(weights))
-
-    def _sample(self, groups: list[SampleGroup], logits: torch.Tensor, default_seed: int) -> torch.Tensor:
-        config = self.config
-        for g_index, group in enumerate(groups):
-            request = group.request
-            if request.eos_token_id is not None and len(group.generated) < request.min_new_tokens:
-                logits[g_index, 0, request.eos_token_id] = -math.inf  # no EOS before min_new_tokens
-        weights = torch.tensor([self._weights(g, logits.shape[1]) for g in groups], device=self.device)
-        seeds = torch.tensor([default_seed if g.request.seed is None else g.request.seed for g in groups], device=self.device)
+    def _draw(self, sampling, logits: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return sample(
-            logits,
-            weights,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            seed=seeds,
-            row_keys=torch.tensor([self._row_key(g) for g in groups], device=self.device),
-            step=torch.tensor([len(g.generated) for g in groups], device=self.device),
-            plausibility_alpha=config.plausibility_alpha,
-            backend=self.backend,
-        )
+            logits, weights, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+            seed=keys[0], row_keys=keys[1], step=keys[2], plausibility_alpha=self.config.plausibility_alpha,
+            vocab_size=self.vocab_size, backend=self.backend,
+        )  # fmt: skip
+
+    @staticmethod
+    def _slot_weights(group: SampleGroup, k_expert: int, slots: int) -> list[float]:
+        """The group's weights laid out on the logits' stream slots (see model_runner)."""
+        experts = group.num_expert_streams
+        weights = group.weights[:experts] + [0.0] * (k_expert - experts)
+        if slots > k_expert:
+            weights.append(group.weights[-1] if group.has_base else 0.0)
+        return weights
 
     @staticmethod
     def _row_key(group: SampleGroup) -> int:
         """A request with its own seed owns its noise outright (key 0), so its tokens are the same
-        in any batch; requests sharing the default seed are told apart by their position."""
+        in any batch; requests sharing the default seed are told apart by their group id."""
         return 0 if group.request.seed is not None else group.group_id

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from steer.engine.decode_linear import decode_linear
+from steer.ops.decode_linear import decode_linear
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ class Projection:
     layout: str  # "out_in" (nn.Linear) or "in_out" (GPT-2 Conv1D)
     deltas: tuple[LoraDelta, ...] = ()
 
-    def __call__(self, x: torch.Tensor, adapter_tokens: int = 0) -> torch.Tensor:
-        """x [T, in] -> [T, out]; the adapters apply to x[:adapter_tokens]."""
-        y = decode_linear(x, self.weight, self.bias, layout=self.layout)
+    def __call__(self, x: torch.Tensor, adapter_tokens: int = 0, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, in] -> [T, out]; the adapters apply to x[:adapter_tokens]. ``out``: where to
+        write it (see decode_linear)."""
+        y = decode_linear(x, self.weight, self.bias, layout=self.layout, out=out)
         if self.deltas and adapter_tokens:
             head = x[:adapter_tokens]
             for delta in self.deltas:
@@ -121,3 +122,20 @@ def check_adapters_covered(model, covered: set[int]) -> None:
                 f"{name}: a LoRA adapter on a {type(module.base_layer).__name__} the steer engine does not run through "
                 "its projections (only attention, MLP and LM-head linears are supported)"
             )
+
+
+class ProjectionReader:
+    """Reads a model's linear modules into Projections, remembering which ones it read so that an
+    adapter anywhere else is refused rather than silently ignored."""
+
+    def __init__(self, model) -> None:
+        self.model, self.covered, self.has_adapters = model, set(), False
+
+    def __call__(self, module, name: str) -> Projection:
+        self.covered.add(id(module))
+        projection = projection_of(module, name)
+        self.has_adapters |= bool(projection.deltas)
+        return projection
+
+    def check_all_adapters_covered(self) -> None:
+        check_adapters_covered(self.model, self.covered)

@@ -1,20 +1,44 @@
 """Continuous batching of sample groups within a fixed KV budget.
 
-Each step the scheduler (1) makes room for the token every running group decodes next, taking a
-new KV block where a stream's last one is full, and preempting the most recently admitted group
-when the cache is short (its blocks are freed; it waits and is recomputed later, its generated
-tokens kept, mostly from cached prefix blocks); then (2) admits waiting groups, oldest first,
-while their blocks and rows fit. A group that could not fit even in an empty cache is refused
-when it is added, never left waiting forever. A decode loop that stops early gives every block
-of the groups it leaves unfinished back with ``release_all``.
+The scheduler owns the engine's block manager for the engine's lifetime. Each step is
+
+    plan = scheduler.schedule()          which groups run, and what each stream computes
+    ... the model runner runs the plan, the sampler draws one token per group ...
+    finished = scheduler.postprocess(plan, tokens)
+
+``schedule`` (1) makes room for the token every running group decodes next, taking a new KV
+block where a stream's last one is full, and preempts the most recently admitted group when
+the cache is short (its blocks are freed; it waits and is recomputed later, its generated tokens
+kept, mostly from cached prefix blocks); then (2) admits waiting groups, oldest first, while
+their blocks, rows and the step's token budget fit. A group that could not fit even in an empty
+cache is refused when it is added, never left waiting forever.
+
+``postprocess`` appends each group's token to its streams, marks their KV computed, and frees
+the blocks of the groups that finished. ``abort`` frees one group's blocks at once, whatever
+its state; ``release_all`` frees everything (a step that raised).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from steer.engine.block_manager import BlockManager, OutOfBlocks
 from steer.engine.sequence import GroupStatus, SampleGroup
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step's work: the groups in the sampler's row order (decoding ones first, then the
+    ones admitted now, which prefill), each stream computing ``stream.num_new`` tokens."""
+
+    groups: list[SampleGroup]
+    num_prefilling: int
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The most tokens any stream computes (1: a decode-only step)."""
+        return max(s.num_new for g in self.groups for s in g.streams)
 
 
 class Scheduler:
@@ -28,21 +52,82 @@ class Scheduler:
         self.waiting: deque[SampleGroup] = deque()
         self.running: list[SampleGroup] = []
 
-    def add(self, group: SampleGroup) -> None:
+    # -- requests in and out -----------------------------------------------------------------------
+
+    def check_fits(self, group: SampleGroup) -> None:
+        """A ValueError if the group could never run: more blocks at its longest than the cache
+        has, or more streams than a step holds."""
         worst_case = sum(self.blocks.blocks_needed(n) for n in group.longest_context_at_end())
-        if worst_case > len(self.blocks.blocks):
+        if worst_case > self.blocks.num_blocks:
             raise ValueError(
-                f"request {group.group_id} needs {worst_case} KV blocks at its longest "
-                f"({group.num_streams} streams), but the cache has {len(self.blocks.blocks)}: "
+                f"request {group.request_id!r} needs {worst_case} KV blocks at its longest "
+                f"({group.num_streams} streams), but the cache has {self.blocks.num_blocks}: "
                 "give the engine more kv_cache_memory or shorten the prompt, negatives or max_new_tokens"
             )
         if group.num_streams > self.max_rows:
-            raise ValueError(f"request {group.group_id} has {group.num_streams} streams but a step holds {self.max_rows} rows")
+            raise ValueError(
+                f"request {group.request_id!r} has {group.num_streams} streams but a step holds {self.max_rows} rows"
+            )
+
+    def add(self, group: SampleGroup) -> None:
+        self.check_fits(group)
         self.waiting.append(group)
+
+    def abort(self, group: SampleGroup) -> None:
+        """Stop a group now, running or waiting: its blocks are free when this returns (their KV
+        was written by the steps that ran, so cached prefixes stay usable)."""
+        self._release(group)
+        if group in self.running:
+            self.running.remove(group)
+        elif group in self.waiting:
+            self.waiting.remove(group)
+        group.status = GroupStatus.FINISHED
+        group.finish_reason = group.finish_reason or "abort"
 
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    # -- one step ------------------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        """Reserve a slot for every running group's next token, admit what fits; the step's plan."""
+        decoding = self._reserve_decode_slots()
+        prefilling = self._admit()
+        groups = decoding + prefilling
+        if not groups and self.has_work:
+            raise RuntimeError("the scheduler admitted nothing although work is waiting")  # add() forbids it
+        return StepPlan(groups, len(prefilling))
+
+    def postprocess(self, plan: StepPlan, tokens: list[int]) -> list[SampleGroup]:
+        """After the forward and the sampler: every stream's KV is written up to its tokens so far;
+        append each group's token, free the finished groups; return them."""
+        finished = []
+        for group, token in zip(plan.groups, tokens):
+            for stream in group.streams:
+                stream.num_computed = len(stream.tokens)
+            group.append(token)
+            if group.status is GroupStatus.FINISHED:
+                self._release(group)
+                self.running.remove(group)
+                finished.append(group)
+        return finished
+
+    def release_all(self, *, computed: bool) -> list[SampleGroup]:
+        """Give back every block the unfinished groups hold and drop them all, running or waiting;
+        return them.
+
+        ``computed=False`` when a step may have stopped between taking blocks and writing their
+        KV: no block left only to the prefix cache then claims KV it never got.
+        """
+        dropped = [*self.running, *self.waiting]
+        for group in dropped:  # waiting ones hold none; _release skips them
+            self._release(group, computed=computed)
+        self.running.clear()
+        self.waiting.clear()
+        return dropped
+
+    # -- internals -----------------------------------------------------------------------------------
 
     def _rows(self) -> int:
         return sum(g.num_streams for g in self.running)
@@ -52,11 +137,14 @@ class Scheduler:
             if stream.table is not None:
                 self.blocks.free(stream.table, computed=computed)
                 stream.table = None
+            stream.num_computed = 0
 
     def _try_allocate(self, group: SampleGroup) -> bool:
         try:
             for stream in group.streams:
-                stream.table = self.blocks.allocate(stream.namespace, group.tokens(stream))
+                stream.table = self.blocks.allocate(stream.namespace, stream.tokens)
+                # The last token always runs, for its logits, even when its KV is cached.
+                stream.num_computed = min(stream.table.num_cached_tokens, len(stream.tokens) - 1)
         except OutOfBlocks:
             self._release(group, computed=False)  # no forward ran: their KV was never written
             return False
@@ -68,7 +156,7 @@ class Scheduler:
         victim.status = GroupStatus.WAITING
         self.waiting.appendleft(victim)
 
-    def reserve_decode_slots(self) -> list[SampleGroup]:
+    def _reserve_decode_slots(self) -> list[SampleGroup]:
         """Give every running group's streams a KV slot for their pending token; return those groups."""
         index = 0
         while index < len(self.running):
@@ -78,18 +166,17 @@ class Scheduler:
                 self._preempt_latest()  # possibly this very group, if it is the latest
                 continue
             for stream in group.streams:
-                self.blocks.append(stream.table, group.tokens(stream))
+                self.blocks.append(stream.table, stream.tokens)
             index += 1
         return list(self.running)
 
     def _prefill_tokens(self, group: SampleGroup) -> int:
         """New tokens the group's first forward computes (its streams' uncached suffixes)."""
         return sum(
-            max(1, len(group.tokens(s)) - self.blocks.cached_prefix_tokens(s.namespace, group.tokens(s)))
-            for s in group.streams
+            max(1, len(s.tokens) - self.blocks.cached_prefix_tokens(s.namespace, s.tokens)) for s in group.streams
         )
 
-    def admit(self) -> list[SampleGroup]:
+    def _admit(self) -> list[SampleGroup]:
         """Move waiting groups that fit (blocks, rows and the step's token budget) into the running
         set; return them. A group over the token budget by itself runs alone rather than never."""
         admitted, tokens = [], self._rows()  # each running row decodes one token
@@ -106,19 +193,3 @@ class Scheduler:
             self.running.append(group)
             admitted.append(group)
         return admitted
-
-    def finish(self, group: SampleGroup) -> None:
-        self._release(group)
-        self.running.remove(group)
-
-    def release_all(self, *, computed: bool) -> None:
-        """Give back every block the unfinished groups hold and drop them all, running or waiting:
-        the decode loop is over before they finished (an exception, a generator closed early).
-
-        ``computed=False`` when a step may have stopped between taking blocks and writing their
-        KV: no block left only to the prefix cache then claims KV it never got.
-        """
-        for group in [*self.running, *self.waiting]:  # waiting ones hold none; _release skips them
-            self._release(group, computed=computed)
-        self.running.clear()
-        self.waiting.clear()

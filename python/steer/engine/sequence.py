@@ -1,11 +1,13 @@
 """A request, and the sample group that decodes it: K streams that share their generated tokens.
 
-    stream 0        expert on the prompt            namespace "expert"
-    stream 1        base on the prompt              namespace "base"   (absent when gamma == 0)
-    streams 2..K-1  expert on each negative context namespace "expert" (absent when eta == 0)
+    stream 0         expert on the prompt             namespace "expert"
+    streams 1..M     expert on each negative context  namespace "expert"  (absent when eta == 0)
+    stream K-1       base on the prompt               namespace "base"    (absent when gamma == 0)
 
-Every stream's tokens are its own context followed by the group's generated tokens, so one
-sampled token is appended to all K of them.
+The expert's streams come first and the base's last, so that the logits of stream k of every
+group of a step form one contiguous [G, V] block (docs/design.md, "the logits buffer"). Every
+stream's tokens are its own context followed by the group's generated tokens, so one sampled
+token is appended to all K of them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import enum
 import numbers
 from dataclasses import dataclass, field
 
+from steer.config import check_sampling_parameters, check_steer_coefficients, stream_weights
 from steer.engine.block_manager import BlockTable
 
 
@@ -62,15 +65,24 @@ class Request:
         its model (vocabulary, context length).
     negative_ids: M token-id lists, the expert's negative contexts (M = 1 is the paper's
         "concat" mode, the examples already joined; M > 1 averages the streams). May be empty
-        when the engine's eta is 0.
+        when the request's eta is 0.
+    gamma, eta, temperature, top_k, top_p: this request's STEER coefficients and sampler; None
+        takes the engine's ``SteerConfig``. Requests with different values share a batch.
+    seed: this request's noise (its tokens are then the same in any batch); None shares the
+        engine's seed, told apart by the request's position.
     """
 
     prompt_ids: list[int]
-    negative_ids: list[list[int]]
-    max_new_tokens: int
+    negative_ids: list[list[int]] = field(default_factory=list)
+    max_new_tokens: int = 64
     min_new_tokens: int = 0
     seed: int | None = None
     eos_token_id: int | None = None
+    gamma: float | None = None
+    eta: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self) -> None:
         self.prompt_ids = check_token_ids("prompt_ids", self.prompt_ids)
@@ -87,6 +99,30 @@ class Request:
         self.max_new_tokens, self.min_new_tokens = int(self.max_new_tokens), int(self.min_new_tokens)
         self.seed = None if self.seed is None else int(self.seed)
         self.eos_token_id = None if self.eos_token_id is None else int(self.eos_token_id)
+        self._check_sampling_overrides()
+
+    def _check_sampling_overrides(self) -> None:
+        """The overrides that are set, each checked as SteerConfig checks it (the others stand in
+        with values that always pass)."""
+        if self.gamma is not None or self.eta is not None:
+            check_steer_coefficients(0.0 if self.gamma is None else self.gamma, 0.0 if self.eta is None else self.eta)
+        if self.top_k is not None and _is_int(self.top_k):
+            self.top_k = int(self.top_k)
+        check_sampling_parameters(
+            1.0 if self.temperature is None else self.temperature,
+            0 if self.top_k is None else self.top_k,
+            1.0 if self.top_p is None else self.top_p,
+        )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a group's rows need from the sampler beyond their weights: the filters, which every
+    row of one sampler call shares (the engine calls it once per distinct value)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
 
 
 class StreamRole(enum.Enum):
@@ -95,12 +131,19 @@ class StreamRole(enum.Enum):
     NEGATIVE = "negative"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a scheduler finds *this* stream, not an equal one
 class Stream:
     role: StreamRole
     namespace: str  # whose KV: "expert" or "base"
-    context: list[int]
+    tokens: list[int]  # the context, then the group's generated tokens (appended in place)
+    context_length: int
     table: BlockTable | None = None  # set while the group holds KV blocks
+    num_computed: int = 0  # leading tokens whose KV is in the table's blocks
+
+    @property
+    def num_new(self) -> int:
+        """Tokens the next forward computes: the uncached rest at a prefill, 1 at a decode."""
+        return len(self.tokens) - self.num_computed
 
 
 class GroupStatus(enum.Enum):
@@ -109,42 +152,81 @@ class GroupStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)
 class SampleGroup:
+    """The streams of one request, the tokens it generated, and what it samples with.
+
+    group_id: the engine's sequence number of the request (the noise's row key when the request
+        has no seed of its own); request_id: the caller's name for it.
+    weights: the K stream weights, from ``steer.config.stream_weights``, computed once here.
+    """
+
     group_id: int
     request: Request
     streams: list[Stream]
+    weights: list[float]
+    sampling: Sampling
+    seed: int | None = None
+    request_id: object = None
     generated: list[int] = field(default_factory=list)
     status: GroupStatus = GroupStatus.WAITING
     finish_reason: str | None = None
+    num_emitted: int = 0  # generated tokens already reported by a RequestOutput
 
     @classmethod
-    def for_request(cls, group_id: int, request: Request, *, with_base: bool, with_negatives: bool) -> SampleGroup:
-        streams = [Stream(StreamRole.PROMPT, "expert", request.prompt_ids)]
-        if with_base:
-            streams.append(Stream(StreamRole.BASE, "base", request.prompt_ids))
-        if with_negatives:
+    def for_request(
+        cls, group_id: int, request: Request, config=None, *, rescale: bool = False, request_id=None, seed=None
+    ) -> SampleGroup:
+        """The group of a request, its None fields taken from ``config`` (a SteerConfig)."""
+        gamma = _pick(request.gamma, config, "gamma", 0.0)
+        eta = _pick(request.eta, config, "eta", 0.0)
+        streams = [Stream(StreamRole.PROMPT, "expert", list(request.prompt_ids), len(request.prompt_ids))]
+        if eta != 0:
             if not request.negative_ids:
                 raise ValueError(f"request {group_id} has no negative_ids but eta > 0 needs at least one")
-            streams += [Stream(StreamRole.NEGATIVE, "expert", negative) for negative in request.negative_ids]
-        return cls(group_id, request, streams)
+            streams += [Stream(StreamRole.NEGATIVE, "expert", list(n), len(n)) for n in request.negative_ids]
+        negatives = len(streams) - 1
+        if gamma != 0:
+            streams.append(Stream(StreamRole.BASE, "base", list(request.prompt_ids), len(request.prompt_ids)))
+        weights = stream_weights(gamma, eta, negatives, rescale=rescale)
+        weights = [weights[0], *weights[2:]] + ([weights[1]] if gamma != 0 else [])  # the streams' order
+        sampling = Sampling(
+            _pick(request.temperature, config, "temperature", 1.0),
+            _pick(request.top_k, config, "top_k", 0),
+            _pick(request.top_p, config, "top_p", 1.0),
+        )
+        return cls(group_id, request, streams, weights, sampling, request.seed if seed is None else seed, request_id)
 
     @property
     def num_streams(self) -> int:
         return len(self.streams)
 
-    def tokens(self, stream: Stream) -> list[int]:
-        return stream.context + self.generated
+    @property
+    def num_expert_streams(self) -> int:
+        return sum(s.namespace == "expert" for s in self.streams)
+
+    @property
+    def has_base(self) -> bool:
+        return self.streams[-1].role is StreamRole.BASE
 
     def longest_context_at_end(self) -> list[int]:
         """Per stream, the most tokens it can ever hold (context + max_new_tokens)."""
-        return [len(s.context) + self.request.max_new_tokens for s in self.streams]
+        return [s.context_length + self.request.max_new_tokens for s in self.streams]
 
     def append(self, token: int) -> None:
-        """Record a sampled token; finish at EOS (once min_new_tokens are out) or at the length limit."""
+        """Record a sampled token in every stream; finish at EOS (once min_new_tokens are out) or
+        at the length limit."""
         self.generated.append(token)
+        for stream in self.streams:
+            stream.tokens.append(token)
         request = self.request
         if request.eos_token_id is not None and token == request.eos_token_id and len(self.generated) >= request.min_new_tokens:
             self.status, self.finish_reason = GroupStatus.FINISHED, "eos"
         elif len(self.generated) >= request.max_new_tokens:
             self.status, self.finish_reason = GroupStatus.FINISHED, "length"
+
+
+def _pick(value, config, name: str, default):
+    if value is not None:
+        return value
+    return getattr(config, name) if config is not None else default

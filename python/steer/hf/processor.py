@@ -28,50 +28,8 @@ from transformers import LogitsProcessor
 from steer.config import check_plausibility_alpha, check_steer_coefficients
 from steer.hf.negatives import NegativePrompts
 from steer.hf.streams import CachedStreams, left_pad
+from steer.model_info import hf_module, shared_vocabulary_size
 from steer.ops import combine
-
-
-def _lm_head_rows(model) -> int:
-    head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.config.vocab_size
-
-
-def _special_token_ids(model) -> dict[str, int]:
-    found = {}
-    for source in (model.config, getattr(model, "generation_config", None)):
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(source, name, None)
-            if value is not None and name not in found:
-                found[name] = value
-    return found
-
-
-def shared_vocabulary_size(expert, base, vocab_size: int | None) -> int:
-    """The vocabulary STEER combines over; a ValueError if expert and base do not share a tokenizer."""
-    expert_rows, base_rows = _lm_head_rows(expert), _lm_head_rows(base)
-    expert_special, base_special = _special_token_ids(expert), _special_token_ids(base)
-    for name in expert_special.keys() & base_special.keys():
-        if expert_special[name] != base_special[name]:
-            raise ValueError(
-                f"expert and base do not share a tokenizer: expert {name}={expert_special[name]}, "
-                f"base {name}={base_special[name]}"
-            )
-    if vocab_size is None:
-        if expert_rows != base_rows:
-            raise ValueError(
-                f"expert and base have different vocabularies ({expert_rows} vs {base_rows} LM-head rows). "
-                "If they share a tokenizer and one head is padded, pass vocab_size=len(tokenizer)."
-            )
-        return expert_rows
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= min(expert_rows, base_rows):
-        raise ValueError(f"vocab_size must be an int in [1, {min(expert_rows, base_rows)}], got {vocab_size!r}")
-    return vocab_size
-
-
-def hf_module(model):
-    """The transformers module whose forward ``generate`` calls (the inner model of a PEFT wrapper)."""
-    get_base_model = getattr(model, "get_base_model", None)
-    return get_base_model() if callable(get_base_model) else model
 
 
 class _AttentionMaskRecorder:

@@ -77,3 +77,10 @@ def resolve(backend: str, op: str, device: torch.device) -> ModuleType:
     if device.type not in module.DEVICE_TYPES:
         raise ValueError(f"backend {backend!r} runs on {module.DEVICE_TYPES} tensors, got a tensor on {device}")
     return module
+
+
+def resolve_name(backend: str, op: str, device: torch.device) -> str:
+    """The name of the backend ``resolve`` picks, for a caller that resolves once and then names
+    it on every call (an engine)."""
+    module = resolve(backend, op, device)
+    return next(name for name, path in BACKEND_MODULES.items() if path == module.__name__)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import steer._C as ext
-from steer.engine import decode_linear as module
-from steer.engine.decode_linear import MAX_KERNEL_ROWS, decode_linear, uses_kernel
+from steer.ops import decode_linear as module
+from steer.ops.decode_linear import MAX_KERNEL_ROWS, decode_linear, uses_kernel
 
 ROWS = (1, 2, 3, 5, 8, 13, 17, 33)
 # (out, in): ones, primes below and above the vector width (8) and tile sizes (3, 4, 24).

@@ -84,13 +84,24 @@ def uses_kernel(
 
 
 def decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, layout: str = "out_in"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    layout: str = "out_in",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` (layout "out_in", weight [out, in]) or ``x @ weight + bias``
-    (layout "in_out", weight [in, out]) for x [..., in]; the output has x's dtype."""
+    (layout "in_out", weight [in, out]) for x [..., in]; the output has x's dtype.
+
+    ``out``: a [rows, out] tensor of x's dtype with unit stride along its last dimension to write
+    into (the engine's logits buffer), for a 2-D x; returned."""
     plan = _kernel_plan(x, weight, bias, layout)
-    if plan is None:
-        return _torch_linear(x, weight, bias, layout)
+    if out is not None:
+        _check_out(x, out, weight.shape[0] if layout == "out_in" else weight.shape[1])
+    if plan is None or (out is not None and out.dtype != torch.float32):
+        result = _torch_linear(x, weight, bias, layout)
+        return result if out is None else out.copy_(result)
     code, ldw, n_out = plan
     rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     if rows.dtype != torch.float32:
@@ -99,15 +110,25 @@ def decode_linear(
         rows = rows.contiguous()
     if bias is not None and (bias.dtype != torch.float32 or bias.stride(0) != 1):
         bias = bias.float().contiguous()
-    out = torch.empty((rows.shape[0], n_out), dtype=torch.float32)
+    if out is None:
+        out = torch.empty((rows.shape[0], n_out), dtype=torch.float32)
     _extension().decode_matmul(
         rows.data_ptr(), rows.shape[0], rows.shape[1], rows.stride(0),
         weight.data_ptr(), compiled.DTYPE_CODES[weight.dtype], code, n_out, ldw,
-        0 if bias is None else bias.data_ptr(), out.data_ptr(), n_out, torch.get_num_threads(),
+        0 if bias is None else bias.data_ptr(), out.data_ptr(), out.stride(0), torch.get_num_threads(),
     )  # fmt: skip
     if x.dtype != torch.float32:
         out = out.to(x.dtype)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n_out)
+
+
+def _check_out(x: torch.Tensor, out: torch.Tensor, n_out: int) -> None:
+    rows = x.shape[0] if x.dim() == 2 else -1
+    if out.dim() != 2 or tuple(out.shape) != (rows, n_out) or out.stride(1) != 1 or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"out must be a [{rows}, {n_out}] {x.dtype} tensor on {x.device} with unit stride along its last dimension, "
+            f"got {tuple(out.shape)} {out.dtype} on {out.device} with strides {out.stride()}"
+        )
 
 
 def _torch_linear(x, weight, bias, layout: str) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""One file per model family: how to run its decoder over a step batch with paged attention.
+
+Each runner reads its weights from the module the user passed and offers ``kv_shape``,
+``has_adapters``, ``lm_head`` (a Projection) and ``last_hidden(attention, batch, adapter_rows)``:
+the final-normed hidden state after each row's last new token.
+"""
+
+from __future__ import annotations
+
+from steer.engine.models import gpt2, llama
+from steer.model_info import hf_module
+
+FAMILIES = {model_type: module for module in (llama, gpt2) for model_type in module.MODEL_TYPES}
+RUNNERS = {llama: llama.LlamaFamilyRunner, gpt2: gpt2.GPT2Runner}
+
+
+def supported_model_types() -> tuple[str, ...]:
+    return tuple(FAMILIES)
+
+
+def unsupported_reason(model, longest_context: int | None = None) -> str | None:
+    """Why the engine cannot run this model, or None when it can (``longest_context`` is kept
+    for callers that plan around windows: every window the families here have is applied)."""
+    model_type = getattr(hf_module(model).config, "model_type", None)
+    if model_type not in FAMILIES:
+        return f"the engine has no forward for {model_type} models"
+    return None
+
+
+def runner_for(model):
+    """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper)."""
+    inner = hf_module(model)
+    model_type = getattr(inner.config, "model_type", None)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(
+            f"the steer engine runs {supported_model_types()} models, got model_type={model_type!r}; "
+            "use steer.SteerLogitsProcessor with model.generate for other architectures"
+        )
+    return RUNNERS[family](inner)
