@@ -7,7 +7,7 @@ their own dtype and strides, and returns
     s(v) = -inf                                  where v >= vocab_size, or (plausibility) where
                                                  z_0(v) < max_u z_0(u) + log(alpha)
 
-which equals sum_k w_k log_softmax(z_k)(v) up to a per-row constant (DESIGN.md section 2), so no
+which equals sum_k w_k log_softmax(z_k)(v) up to a per-row constant (docs/design.md, section 1), so no
 kernel ever computes a per-stream exponential. It also folds every element into an error code,
 min over (stream k if z is NaN, K + k if z is +inf), which the kernel turns into the shared
 error buffer

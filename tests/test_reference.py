@@ -10,7 +10,7 @@ from steer import reference, steer_weights
 
 
 def hand_combined_logprobs(logits: np.ndarray, weights: np.ndarray, vocab_size: int) -> np.ndarray:
-    """DESIGN.md section 2, one row and one token at a time, in float64."""
+    """docs/design.md section 1, one row and one token at a time, in float64."""
     batch, streams, padded = logits.shape
     out = np.full((batch, padded), -np.inf)
     for b in range(batch):

@@ -3,10 +3,10 @@
 
 For each domain, every method below generates the same number of samples with the same seeds
 (sample i of seed s uses seed s*1000 + i), from the same expert and base, and is scored against the
-same real set with the same embedding model (the metrics of ``steer eval``, DESIGN.md section 3).
+same real set with the same embedding model (the metrics of ``steer eval``, docs/design.md section 2).
 Each (method, seed) is one ``steer generate`` run, so a killed experiment resumes where it stopped.
 
-Methods (DESIGN.md section 3's baselines, then STEER):
+Methods (docs/design.md section 2's baselines, then STEER):
 
     plain expert        gamma = eta = 0, T = 1, top_k = 10 (the paper's sampler, no STEER)
     temperature 1.3     plain expert, T = 1.3

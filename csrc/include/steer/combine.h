@@ -5,7 +5,7 @@
 // inference stack that wants the sampler without Python. Every tensor is a pointer plus
 // element strides; the caller owns all memory.
 //
-// The maths (DESIGN.md section 2), for a batch row b with K streams of logits z_k[v] and
+// The maths (docs/design.md, section 1), for a batch row b with K streams of logits z_k[v] and
 // weights w[b, k]:
 //
 //   zz_k(v) = z_k(v)           if z_k(v) is finite, or -inf in a stream with w > 0

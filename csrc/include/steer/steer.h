@@ -6,7 +6,7 @@
  * into text. They run on the CPU, threaded with OpenMP, and are safe to call from several
  * threads at once. Examples: examples/c/sample_logits.c.
  *
- * The maths (DESIGN.md section 2; steer/reference.py is the oracle). A batch row b has K streams
+ * The maths (docs/design.md section 1; steer/reference.py is the oracle). A batch row b has K streams
  * of logits z_k over a vocabulary: stream 0 is the expert on the prompt, then the base model on
  * the prompt, then the expert on each negative context, with weights w[b, k], e.g.
  * (1 + gamma, -gamma, -eta / M, ..., -eta / M). Then

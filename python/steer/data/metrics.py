@@ -1,4 +1,4 @@
-"""The paper's data metrics (DESIGN.md section 3), as pure functions over texts and embeddings.
+"""The paper's data metrics (docs/design.md, section 2), as pure functions over texts and embeddings.
 
 Lexical (texts only):
 

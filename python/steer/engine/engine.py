@@ -404,7 +404,7 @@ class SteerEngine:
         keys = torch.tensor(
             [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]], dtype=torch.int64
         ).to(self.device)
-        weights = weights.to(self.device)
+        # The weights stay on the host: the sampler checks them there and moves them (no sync).
         by_sampling: dict = {}
         for g_index, group in enumerate(groups):
             by_sampling.setdefault(group.sampling, []).append(g_index)
@@ -413,7 +413,8 @@ class SteerEngine:
         tokens = torch.empty(len(groups), dtype=torch.long, device=self.device)
         for sampling, rows in by_sampling.items():  # requests with different filters in one step
             index = torch.tensor(rows, device=self.device)
-            tokens[index] = self._draw(sampling, logits.index_select(0, index), weights.index_select(0, index), keys[:, index])
+            picked = weights.index_select(0, torch.tensor(rows))
+            tokens[index] = self._draw(sampling, logits.index_select(0, index), picked, keys[:, index])
         return tokens.tolist()
 
     def _draw(self, sampling, logits: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

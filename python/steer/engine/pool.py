@@ -1,7 +1,7 @@
 """The negative pool: the real examples plus every synthetic sample finished so far.
 
 Each new sample draws its N negative examples at random from the pool as it stands when the
-sample starts (DESIGN.md section 2), and every finished sample joins the pool, so later samples
+sample starts (docs/design.md, section 1), and every finished sample joins the pool, so later samples
 are pushed away from earlier ones as well as from the real data.
 
 A negative context frames the drawn examples the way the model saw its training data, so that

@@ -100,7 +100,7 @@ class SteerLogitsProcessor(LogitsProcessor):
             LongTensor with one stream per row, or a list with one entry per batch row, each a 1-D
             LongTensor (one stream, the paper's "concat" mode) or a list of them (M streams,
             mean-aggregated). May be None when eta == 0.
-        gamma, eta: the STEER coefficients (DESIGN.md section 2).
+        gamma, eta: the STEER coefficients (docs/design.md, section 1).
         negative_attention_mask: same structure as negative_input_ids; 0 marks padding to drop.
         plausibility_alpha: optional adaptive floor on the expert's distribution (0: off).
         vocab_size: the tokenizer size, needed only when expert and base LM heads are padded

@@ -1,6 +1,6 @@
 """The eager PyTorch backend: runs anywhere torch runs, and is the fallback of ``backend="auto"``.
 
-It uses the shift-invariant form of the formula (DESIGN.md section 2): each log_softmax only
+It uses the shift-invariant form of the formula (docs/design.md, section 1): each log_softmax only
 subtracts a per-row constant, so sum_k w_k log_softmax(z_k) = sum_k w_k z_k - C and a single
 batched matrix product over the raw logits replaces K log_softmaxes. Only the combined row is
 normalised, and only when log-probabilities are asked for.
@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from steer import reference
 from steer.ops import validate
+from steer.ops.draw import draw, floored_logits
 
 DEVICE_TYPES = ("cpu", "cuda")
 
@@ -25,7 +25,7 @@ def is_available() -> bool:
 def _streams_ready_for_matmul(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """float32 logits where a plain weighted sum is safe: -inf floored in negatively weighted
     streams and streams of weight 0 zeroed (0 * -inf would be NaN inside the matmul)."""
-    streams = reference.floored_logits(logits, weights)
+    streams = floored_logits(logits, weights)
     return streams.masked_fill((weights == 0).unsqueeze(-1), 0.0)
 
 
@@ -64,4 +64,4 @@ def sample(
     the shared Philox noise (steer.reference), so its tokens are those of every other backend.
     """
     scores = combine(logits, weights, normalize=False, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha)
-    return reference.draw(scores, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, row_keys=row_keys, steps=steps)
+    return draw(scores, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, row_keys=row_keys, steps=steps)

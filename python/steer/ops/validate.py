@@ -26,7 +26,10 @@ def check_logits_shape(logits: torch.Tensor) -> None:
 
 def per_row_weights(weights: torch.Tensor | Sequence[float], batch: int, num_streams: int, device) -> torch.Tensor:
     """Return the weights as a float32 [B, K] tensor on ``device``, from a [K] or [B, K] input."""
-    weights = torch.as_tensor(weights, dtype=torch.float32, device=device)
+    on_host = not isinstance(weights, torch.Tensor) or weights.device.type == "cpu"
+    # Weights that come from the host are checked there, before they move: the check then costs
+    # no device synchronisation (an engine's weights always come from the host).
+    weights = torch.as_tensor(weights, dtype=torch.float32, device="cpu" if on_host else device)
     if weights.dim() == 1:
         if weights.shape[0] != num_streams:
             raise ValueError(f"weights has {weights.shape[0]} entries but logits have K={num_streams} streams")
@@ -38,7 +41,7 @@ def per_row_weights(weights: torch.Tensor | Sequence[float], batch: int, num_str
         raise ValueError(f"weights must have shape [K] or [B, K], got {tuple(weights.shape)}")
     if not torch.isfinite(weights).all():
         raise ValueError("weights must be finite")
-    return weights.contiguous()
+    return weights.contiguous().to(device)
 
 
 def resolve_vocab_size(vocab_size: int | None, padded_vocab: int) -> int:
