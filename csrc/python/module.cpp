@@ -15,6 +15,7 @@
 
 #include "steer/combine.h"
 #include "steer/decode_matmul.h"
+#include "steer/paged_attention.h"
 #include "steer/sample.h"
 
 namespace py = pybind11;
@@ -90,6 +91,29 @@ void decode_matmul(std::uintptr_t x, int64_t T, int64_t Kin, int64_t ldx, std::u
   }
 }
 
+void paged_attention(std::uintptr_t q, int q_dtype, int64_t T, int64_t H, int64_t D, int64_t sq_t, int64_t sq_h,
+                     std::uintptr_t k_cache, std::uintptr_t v_cache, int kv_dtype, int64_t Hkv, int64_t sk_n,
+                     int64_t sk_h, int64_t sv_n, int64_t sv_h, std::uintptr_t block_tables, int64_t R,
+                     int64_t max_blocks, int64_t st_r, std::uintptr_t query_starts, std::uintptr_t context_lengths,
+                     int64_t block_size, float scale, int64_t sliding_window, float soft_cap, std::uintptr_t out,
+                     int64_t so_t, int64_t so_h, int num_threads) {
+  const steer::DType q_type = as_dtype(q_dtype), kv_type = as_dtype(kv_dtype);
+  steer::Status status;
+  {
+    py::gil_scoped_release no_gil;
+    status = steer::paged_attention_cpu(
+        as_pointer<const void>(q), q_type, T, H, D, sq_t, sq_h, as_pointer<const void>(k_cache),
+        as_pointer<const void>(v_cache), kv_type, Hkv, sk_n, sk_h, sv_n, sv_h, as_pointer<const int32_t>(block_tables),
+        R, max_blocks, st_r, as_pointer<const int32_t>(query_starts), as_pointer<const int32_t>(context_lengths),
+        block_size, scale, sliding_window, soft_cap, as_pointer<void>(out), so_t, so_h, num_threads);
+  }
+  if (status == steer::STEER_ERR_OUT_OF_MEMORY) throw std::bad_alloc();
+  if (status != steer::STEER_OK) {
+    throw py::value_error(
+        "steer._C.paged_attention: invalid shape, pointer, dtype, block size, query range, context length or block id");
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -111,5 +135,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0, py::arg("dtype") = int(steer::DType::kFloat32));
   m.def("decode_matmul", &decode_matmul,
         "y [T, N] = x [T, Kin] @ W^T (+ bias), float32 x / y / bias, W out_in [N, Kin] (layout 0) or in_out [Kin, N] (1)");
+  m.def("paged_attention", &paged_attention,
+        "varlen paged attention: out [T, H, D] = softmax(scale q k^T) v over each row's paged keys (q's dtype)");
   m.def("sample", &sample, "STEER sample of [B, K, V] logits into tokens, logprobs [B] -> (status, row, stream)");
 }
