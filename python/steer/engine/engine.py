@@ -35,6 +35,7 @@ import torch
 from steer.config import SteerConfig
 from steer.engine.attention import PagedAttention
 from steer.engine.block_manager import BlockManager
+from steer.engine.cuda_graph import DecodeGraphs
 from steer.engine.kv_cache import PagedKVCache
 from steer.engine.model_runner import ModelRunner
 from steer.engine.models import runner_for
@@ -89,6 +90,10 @@ class SteerEngine:
         vocab_size: the tokenizer size, when expert and base LM heads are padded differently.
         backend: the sampler backend (``steer.backends("sample")``; "auto" picks the fastest).
         attention_backend: "auto" (C++ on the CPU, Triton on a GPU), "cpp", "triton" or "torch".
+        decode_graphs: "auto" replays decode steps from CUDA graphs on a GPU with Triton
+            attention (steer.engine.cuda_graph) and runs eagerly elsewhere; "capture" insists;
+            "off" never; "static" runs the graphs' padded static batches without capturing (tests).
+            With graphs one KV block is kept back as the padding rows' scratch block.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class SteerEngine:
         vocab_size: int | None = None,
         backend: str = "auto",
         attention_backend: str = "auto",
+        decode_graphs: str = "auto",
     ) -> None:
         self.config = config if config is not None else SteerConfig()
         if device is not None or dtype is not None:
@@ -127,14 +133,34 @@ class SteerEngine:
         num_blocks = kv_cache_memory // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no KV block of {per_block} bytes")
-        self.scheduler = Scheduler(BlockManager(num_blocks, block_size), max_rows=max_batch_rows, max_tokens=max_batch_tokens)
         cache = PagedKVCache(kv_shape, num_blocks, block_size, dtype=self.dtype, device=self.device)
-        self.runner = ModelRunner(self.passes, PagedAttention(cache, attention_backend), self.device)
+        attention = PagedAttention(cache, attention_backend)
+        graphs = self._decode_graphs(decode_graphs, attention, num_blocks, block_size, max_batch_rows)
+        if graphs is not None:
+            num_blocks -= 1  # the last block is the padding rows' scratch
+            if num_blocks < 1:
+                raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no KV block besides the CUDA graphs' scratch block")
+        self.scheduler = Scheduler(BlockManager(num_blocks, block_size), max_rows=max_batch_rows, max_tokens=max_batch_tokens)
+        self.runner = ModelRunner(self.passes, attention, self.device, graphs)
         self.max_batch_rows, self.max_batch_tokens = max_batch_rows, max_batch_tokens
         self.backend = dispatch.resolve_name(backend, "sample", self.device)  # once, not per step
         self._groups: dict[object, SampleGroup] = {}  # request id -> its group, until it finishes
         self._request_numbers = itertools.count()
         self._seed = self._draw_seed()
+
+    def _decode_graphs(self, mode: str, attention: PagedAttention, num_blocks: int, block_size: int, max_rows: int):
+        """The DecodeGraphs of this engine, or None (every step eager)."""
+        modes = ("auto", "capture", "off", "static")
+        if mode not in modes:
+            raise ValueError(f"decode_graphs must be one of {modes}, got {mode!r}")
+        if mode == "auto":
+            mode = "capture" if self.device.type == "cuda" and attention.backend == "triton" else "off"
+        if mode == "off":
+            return None
+        if mode == "capture" and (self.device.type != "cuda" or attention.backend != "triton"):
+            raise ValueError(f"decode_graphs='capture' needs a CUDA device and Triton attention, got {self.device} and {attention.backend!r}")
+        width = -(-(self.max_context_length or num_blocks * block_size) // block_size)
+        return DecodeGraphs(block_size, max_rows, min(width, num_blocks), num_blocks - 1, self.device, self.dtype, mode=mode)
 
     def _forward_passes(self, expert, base) -> list[tuple]:
         """(runner, namespaces) of each forward of a step; a runner's adapters apply to the rows of

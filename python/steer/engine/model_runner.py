@@ -26,8 +26,9 @@ class ModelRunner:
     """passes: (runner, namespaces) per forward of a step; a runner's adapters apply to the rows
     of its first namespace (the expert's, with a LoRA expert whose base is itself)."""
 
-    def __init__(self, passes: list[tuple], attention: PagedAttention, device) -> None:
+    def __init__(self, passes: list[tuple], attention: PagedAttention, device, decode_graphs=None) -> None:
         self.passes, self.attention, self.device = passes, attention, device
+        self.decode_graphs = decode_graphs  # a DecodeGraphs, or None: every step eager
         self.block_size = attention.cache.block_size
         self.lm_head_rows = [runner.lm_head.weight.shape[0 if runner.lm_head.layout == "out_in" else 1] for runner, _ in passes]
 
@@ -72,8 +73,11 @@ class ModelRunner:
             if not streams:
                 results.append((None, rows_of))
                 continue
-            batch = StepBatch.build(streams, self.block_size, self.device)
-            hidden = runner.last_hidden(self.attention, batch, adapter_rows=adapter_rows)
+            if self.decode_graphs is not None and self.decode_graphs.applies(streams):
+                hidden = self.decode_graphs.last_hidden(len(results), runner, self.attention, streams, adapter_rows)
+            else:
+                batch = StepBatch.build(streams, self.block_size, self.device)
+                hidden = runner.last_hidden(self.attention, batch, adapter_rows=adapter_rows)
             dtype = hidden.dtype
             results.append((hidden, rows_of))
         return results, dtype

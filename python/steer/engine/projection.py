@@ -46,11 +46,18 @@ class Projection:
     layout: str  # "out_in" (nn.Linear) or "in_out" (GPT-2 Conv1D)
     deltas: tuple[LoraDelta, ...] = ()
 
-    def __call__(self, x: torch.Tensor, adapter_tokens: int = 0, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x [T, in] -> [T, out]; the adapters apply to x[:adapter_tokens]. ``out``: where to
-        write it (see decode_linear)."""
+    def __call__(self, x: torch.Tensor, adapter_tokens=0, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, in] -> [T, out]; the adapters apply to x[:adapter_tokens], or, when
+        ``adapter_tokens`` is a [T, 1] tensor of 0s and 1s (a CUDA graph's static batch, whose
+        split cannot change between replays), to the rows where it is 1. ``out``: where to write
+        it (see decode_linear)."""
         y = decode_linear(x, self.weight, self.bias, layout=self.layout, out=out)
-        if self.deltas and adapter_tokens:
+        if not self.deltas:
+            return y
+        if isinstance(adapter_tokens, torch.Tensor):
+            for delta in self.deltas:
+                y += delta(x) * adapter_tokens.to(y.dtype)
+        elif adapter_tokens:
             head = x[:adapter_tokens]
             for delta in self.deltas:
                 y[:adapter_tokens] += delta(head)

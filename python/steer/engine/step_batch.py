@@ -12,6 +12,7 @@ grow; nothing here copies a stream's context.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -35,37 +36,74 @@ class StepBatch:
     def num_rows(self) -> int:
         return len(self.row_ends)
 
-    def tokens_of_rows(self, num_rows: int) -> int:
-        """How many flat tokens the first ``num_rows`` rows hold."""
+    def tokens_of_rows(self, num_rows):
+        """How many flat tokens the first ``num_rows`` rows hold (a [T, 1] row mask, as a CUDA
+        graph's static decode batch gives its adapter rows, is per token already)."""
+        if isinstance(num_rows, torch.Tensor):
+            return num_rows
         return self.row_ends[num_rows - 1] if num_rows > 0 else 0
 
     @classmethod
     def build(cls, streams: list[Stream], block_size: int, device) -> StepBatch:
         """The batch of these streams (each with a block table holding all its tokens)."""
-        input_ids, positions, write_slots, last_token = [], [], [], []
-        query_starts, context_lengths, row_ends = [0], [], []
         width = max(len(s.table.block_ids) for s in streams)
-        tables = []
-        for stream in streams:
-            tokens, blocks, new = stream.tokens, stream.table.block_ids, stream.num_new
-            length = len(tokens)
-            start = length - new
-            input_ids += tokens[start:] if new > 1 else (tokens[-1],)
-            positions += range(start, length)
-            write_slots += [blocks[p // block_size] * block_size + p % block_size for p in range(start, length)]
-            query_starts.append(query_starts[-1] + new)
-            last_token.append(query_starts[-1] - 1)
-            context_lengths.append(length)
-            tables += blocks
-            tables += [0] * (width - len(blocks))
-        row_ends = query_starts[1:]
-        tokens, rows = len(input_ids), len(streams)
-        flat = torch.tensor(
-            input_ids + positions + write_slots + last_token + query_starts + context_lengths + tables, dtype=torch.int32
-        ).to(device, non_blocking=True)
+        flat, sizes = _metadata(streams, block_size, len(streams), width, scratch_block=0)
+        return cls._views(torch.tensor(flat, dtype=torch.int32).to(device, non_blocking=True), sizes, streams, width)
+
+    @classmethod
+    def build_static(cls, streams: list[Stream], block_size: int, rows: int, width: int, scratch_block: int, into: torch.Tensor) -> StepBatch:
+        """A decode batch (one new token per stream) padded to ``rows`` rows and ``width`` table
+        columns, written into ``into`` (a device buffer of ``static_size(rows, width)`` int32
+        that a CUDA graph reads): the same views every time. A padding row attends only its own
+        key, in the scratch block, which no stream owns: it is harmless and finite."""
+        flat, sizes = _metadata(streams, block_size, rows, width, scratch_block)
+        into.copy_(torch.tensor(flat, dtype=torch.int32), non_blocking=True)
+        return cls._views(into, sizes, streams, width, padded_rows=rows)
+
+    @staticmethod
+    def static_size(rows: int, width: int) -> int:
+        return 3 * rows + rows + (rows + 1) + rows + rows * width
+
+    @classmethod
+    def _views(cls, flat: torch.Tensor, sizes, streams, width: int, padded_rows: int | None = None) -> StepBatch:
         views, offset = [], 0
-        for size in (tokens, tokens, tokens, rows, rows + 1, rows, rows * width):
+        for size in sizes:
             views.append(flat[offset : offset + size])
             offset += size
+        rows = padded_rows or len(streams)
         views[-1] = views[-1].view(rows, width)
-        return cls(*views, row_ends=tuple(row_ends), max_query_length=max(s.num_new for s in streams))
+        news = [s.num_new for s in streams] + [1] * (rows - len(streams))
+        ends = list(itertools.accumulate(news))
+        return cls(*views, row_ends=tuple(ends), max_query_length=max(news))
+
+
+def _metadata(streams: list[Stream], block_size: int, rows: int, width: int, scratch_block: int) -> tuple[list[int], tuple]:
+    """The flat int32 metadata of a batch: input ids, positions, write slots, last tokens, query
+    starts, context lengths, block tables; and the size of each part. Rows past the streams
+    (``rows > len(streams)``) are decode padding: token 0 at position 0, written to and reading
+    only the first slot of ``scratch_block``."""
+    input_ids, positions, write_slots, last_token = [], [], [], []
+    query_starts, context_lengths, tables = [0], [], []
+    for stream in streams:
+        tokens, blocks, new = stream.tokens, stream.table.block_ids, stream.num_new
+        length = len(tokens)
+        start = length - new
+        input_ids += tokens[start:] if new > 1 else (tokens[-1],)
+        positions += range(start, length)
+        write_slots += [blocks[p // block_size] * block_size + p % block_size for p in range(start, length)]
+        query_starts.append(query_starts[-1] + new)
+        last_token.append(query_starts[-1] - 1)
+        context_lengths.append(length)
+        tables += blocks
+        tables += [0] * (width - len(blocks))
+    for _ in range(rows - len(streams)):
+        input_ids.append(0)
+        positions.append(0)
+        write_slots.append(scratch_block * block_size)
+        query_starts.append(query_starts[-1] + 1)
+        last_token.append(query_starts[-1] - 1)
+        context_lengths.append(1)
+        tables += [scratch_block] + [0] * (width - 1)
+    tokens = len(input_ids)
+    flat = input_ids + positions + write_slots + last_token + query_starts + context_lengths + tables
+    return flat, (tokens, tokens, tokens, rows, rows + 1, rows, rows * width)
