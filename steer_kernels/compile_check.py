@@ -116,7 +116,41 @@ def variants():
         return lambda: paged_decode_attention(q, pool[1], pool[1], tables, lens, block_size=block_size, scale=0.1,
                                               num_splits=splits)
 
-    return [
+    def extend_call(dtype=torch.bfloat16, heads=32, kv_heads=8, head_dim=128, window=0, soft_cap=0.0,
+                    max_query_length=256):
+        from steer_kernels.paged_attention import paged_extend_attention
+
+        rows, block_size, max_blocks = 4, 16, 32
+        q = torch.zeros((rows * max_query_length, heads, head_dim), dtype=dtype)
+        pool = torch.zeros((2, 64 * block_size, kv_heads, head_dim), dtype=dtype)  # [layer, slot, ...]
+        tables = torch.zeros((rows, max_blocks), dtype=torch.int32)
+        starts = torch.arange(rows + 1, dtype=torch.int32) * max_query_length
+        lens = torch.full((rows,), max_query_length, dtype=torch.int32)
+        return lambda: paged_extend_attention(q, pool[1], pool[1], tables, starts, lens, block_size=block_size,
+                                              scale=0.1, max_query_length=max_query_length, sliding_window=window,
+                                              soft_cap=soft_cap)
+
+    # The extend kernel over D x dtype x GQA group (8 kv heads, G = 1, 4, 8 query heads each) x window.
+    # The window is a runtime int, specialised only on its divisibility by 16 (0 and 4096 compile to
+    # the same binary), so "on" is a window that is not a multiple of 16: the other specialisation.
+    extend = [
+        (f"paged extend {str(dtype)[6:]} H{8 * group}/8 D{head_dim} W{window}",
+         extend_call(dtype, 8 * group, 8, head_dim, window=window))
+        for head_dim in (64, 128)
+        for dtype in (torch.bfloat16, torch.float16)
+        for group in (1, 4, 8)
+        for window in (0, 1000)
+    ]
+    extend += [
+        ("paged extend fp32 H32/8 D128", extend_call(torch.float32)),
+        ("paged extend fp32 H8/2 D256 W1000", extend_call(torch.float32, 8, 2, 256, window=1000)),
+        ("paged extend bf16 H32/8 D128 soft cap", extend_call(soft_cap=50.0)),
+        ("paged extend bf16 H32/8 D128 short rows", extend_call(max_query_length=4)),  # block_m 4, block_g 4
+        ("paged extend bf16 MHA H8/8 D64 short rows", extend_call(heads=8, head_dim=64, max_query_length=1)),
+        ("paged extend bf16 H64/8 D256", extend_call(heads=64, head_dim=256)),
+    ]
+
+    return extend + [
         ("paged decode bf16 H32/8 D128", paged_call()),
         ("paged decode bf16 H32/8 D128 split", paged_call(splits=8)),
         ("paged decode fp16 MHA D64 split", paged_call(torch.float16, 12, 12, 64, splits=4)),
