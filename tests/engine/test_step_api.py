@@ -209,3 +209,16 @@ def test_an_error_inside_a_step_drops_every_request_and_frees_its_blocks(models,
     assert not engine.has_unfinished_requests() and all_free(engine)
     assert all(engine.abort_request(i) is False for i in ids)
     assert engine.generate(requests()) == fresh
+
+
+def test_a_step_builds_no_autograd_graph_for_models_whose_weights_require_grad(models32):
+    """Weights fresh from from_pretrained require grad; the LM heads must still run without
+    autograd (and so through the decode matmul on the CPU), as the decoder does."""
+    expert, base = models32
+    assert all(p.requires_grad for p in expert.parameters())
+    engine = engine_of(models32)
+    engine.add_request(requests()[0])
+    plan = engine.scheduler.schedule()
+    logits = engine.runner.run(plan)
+    assert not logits.requires_grad and logits.grad_fn is None
+    engine.scheduler.release_all(computed=False)

@@ -32,6 +32,7 @@ class ModelRunner:
         self.block_size = attention.cache.block_size
         self.lm_head_rows = [runner.lm_head.weight.shape[0 if runner.lm_head.layout == "out_in" else 1] for runner, _ in passes]
 
+    @torch.no_grad()  # model parameters may require grad; the decode matmul only runs without autograd
     def run(self, plan: StepPlan) -> torch.Tensor:
         """The [G, K, V] logits of the plan's groups (a view of a stream-major buffer)."""
         groups = plan.groups
