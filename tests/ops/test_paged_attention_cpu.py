@@ -308,3 +308,14 @@ def test_random_batches(spec):
     out = torch.full_like(case.q, SENTINEL)
     case.check(case.run(out=out))
     assert_untouched(out, case.total)
+
+
+def test_a_named_backend_that_cannot_run_says_why():
+    from steer.ops.attention import resolve_backend
+
+    with pytest.raises(ValueError, match="attention backend 'cpp' cannot run here: it runs float32, float16 and bfloat16, not torch.float64"):
+        resolve_backend("cpp", torch.device("cpu"), torch.float64)
+    with pytest.raises(ValueError, match="attention backend 'cpp' cannot run here: it runs on CPU tensors, not meta"):
+        resolve_backend("cpp", torch.device("meta"), torch.float32)
+    assert resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "cpp"

@@ -37,7 +37,7 @@ from steer.engine.attention import PagedAttention
 from steer.engine.block_manager import BlockManager
 from steer.engine.cuda_graph import DecodeGraphs
 from steer.engine.kv_cache import PagedKVCache
-from steer.engine.model_runner import ModelRunner
+from steer.engine.model_runner import ModelRunner, slot_weights
 from steer.engine.models import runner_for
 from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler, StepPlan
@@ -198,16 +198,16 @@ class SteerEngine:
 
         A ValueError names the first bad field (the request's ids against this model's
         vocabulary and context, a gamma > 0 without a base model) and queues nothing."""
-        if request_id is None:
-            request_id = next(self._request_numbers)
-            while request_id in self._groups:
-                request_id = next(self._request_numbers)
-        elif request_id in self._groups:
+        if request_id is not None and request_id in self._groups:
             raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
-        group = self._group(request, request_id, group_id=hash(request_id) & (2**62 - 1), seed=self._seed)
-        self.scheduler.add(group)
-        self._groups[request_id] = group
-        return request_id
+        # The group id keys the noise of a request without its own seed: the engine's sequence
+        # number, never a hash of the caller's id (a str's hash changes from process to process).
+        group_id = next(self._request_numbers)
+        while request_id is None and group_id in self._groups:  # an int id the caller chose
+            group_id = next(self._request_numbers)
+        group = self._group(request, group_id if request_id is None else request_id, group_id=group_id, seed=self._seed)
+        self._enqueue(group)
+        return group.request_id
 
     def abort_request(self, request_id) -> bool:
         """Stop a request now, wherever it is; its KV blocks are free when this returns. False
@@ -268,8 +268,7 @@ class SteerEngine:
         groups = [self._group(r, ("generate", i), group_id=i, seed=seed, where=f"requests[{i}].") for i, r in enumerate(requests)]
         try:
             for group in groups:
-                self.scheduler.add(group)
-                self._groups[group.request_id] = group
+                self._enqueue(group)
             while self.scheduler.has_work:
                 self.step()
         finally:
@@ -321,8 +320,7 @@ class SteerEngine:
                 while started < n and not self.scheduler.waiting:  # top up: one group waits for room
                     request, drawn[started] = self._sample_request(template, started, pool, default_seed + seed_offset + started)
                     group = self._group(request, ("run", started), group_id=started, seed=default_seed, checked=True)
-                    self.scheduler.add(group)
-                    self._groups[group.request_id] = group
+                    self._enqueue(group)
                     started += 1
                 for output in self.step():
                     if not output.finished:
@@ -345,6 +343,10 @@ class SteerEngine:
             name = f"sample {index}'s negative_ids[{stream}] (pool examples {indices})"
             self._check_stream(name, negative, request.max_new_tokens)
         return request, indices
+
+    def _enqueue(self, group: SampleGroup) -> None:
+        self.scheduler.add(group)
+        self._groups[group.request_id] = group
 
     def _check_idle(self, call: str) -> None:
         if self._groups:
@@ -382,8 +384,7 @@ class SteerEngine:
         gamma > 0. ``where`` prefixes the field in the message ("requests[3].")."""
         if not isinstance(request, Request):
             raise ValueError(f"{where.rstrip('.')} must be a steer.Request, got {type(request).__name__}")
-        gamma = self.config.gamma if request.gamma is None else request.gamma
-        eta = self.config.eta if request.eta is None else request.eta
+        gamma, eta = request.setting("gamma", self.config), request.setting("eta", self.config)
         if gamma != 0 and not self.has_base:
             raise ValueError(f"{where}gamma = {gamma} needs a base model, and this engine has none (give it one, or a LoRA expert)")
         if self.config.rescale and eta >= 1:
@@ -425,8 +426,7 @@ class SteerEngine:
         if banned:  # no EOS before min_new_tokens
             rows, columns = zip(*banned)
             logits[list(rows), 0, list(columns)] = -math.inf
-        k_expert, slots = max(g.num_expert_streams for g in groups), logits.shape[1]
-        weights = torch.tensor([self._slot_weights(g, k_expert, slots) for g in groups], dtype=torch.float32)
+        weights = torch.tensor(slot_weights(groups, logits.shape[1]), dtype=torch.float32)
         keys = torch.tensor(
             [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]], dtype=torch.int64
         ).to(self.device)
@@ -449,15 +449,6 @@ class SteerEngine:
             seed=keys[0], row_keys=keys[1], step=keys[2], plausibility_alpha=self.config.plausibility_alpha,
             vocab_size=self.vocab_size, backend=self.backend,
         )  # fmt: skip
-
-    @staticmethod
-    def _slot_weights(group: SampleGroup, k_expert: int, slots: int) -> list[float]:
-        """The group's weights laid out on the logits' stream slots (see model_runner)."""
-        experts = group.num_expert_streams
-        weights = group.weights[:experts] + [0.0] * (k_expert - experts)
-        if slots > k_expert:
-            weights.append(group.weights[-1] if group.has_base else 0.0)
-        return weights
 
     @staticmethod
     def _row_key(group: SampleGroup) -> int:

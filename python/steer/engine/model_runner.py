@@ -30,14 +30,13 @@ class ModelRunner:
         self.passes, self.attention, self.device = passes, attention, device
         self.decode_graphs = decode_graphs  # a DecodeGraphs, or None: every step eager
         self.block_size = attention.cache.block_size
-        self.lm_head_rows = [runner.lm_head.weight.shape[0 if runner.lm_head.layout == "out_in" else 1] for runner, _ in passes]
+        self.lm_head_rows = [runner.lm_head.out_features for runner, _ in passes]
 
     @torch.no_grad()  # model parameters may require grad; the decode matmul only runs without autograd
     def run(self, plan: StepPlan) -> torch.Tensor:
         """The [G, K, V] logits of the plan's groups (a view of a stream-major buffer)."""
         groups = plan.groups
-        k_expert = max(g.num_expert_streams for g in groups)
-        k_base = int(any(g.has_base for g in groups))
+        k_expert, k_base = expert_slots(groups), int(any(g.has_base for g in groups))
         vocab = min(self.lm_head_rows)
         hidden_of, dtype = self._forward_all(groups)
         dtype = dtype if dtype in SAMPLER_DTYPES else torch.float32  # float64 models (tests) sample in float32
@@ -96,3 +95,21 @@ class ModelRunner:
                     row = rows_of.get((g_index, namespace, 0), rows_of.get((g_index, "expert", 0), any_row))
                 index.append(row)
         return index
+
+
+def expert_slots(groups) -> int:
+    """K_e: the expert's stream slots of a step, the most expert streams of any group."""
+    return max(g.num_expert_streams for g in groups)
+
+
+def slot_weights(groups, num_slots: int) -> list[list[float]]:
+    """Each group's stream weights laid out on the buffer's slots: its expert streams, 0 for the
+    expert slots it lacks, then the base slot (if the step has one: ``num_slots > K_e``)."""
+    k_expert, rows = expert_slots(groups), []
+    for group in groups:
+        experts = group.num_expert_streams
+        weights = group.weights[:experts] + [0.0] * (k_expert - experts)
+        if num_slots > k_expert:
+            weights.append(group.weights[-1] if group.has_base else 0.0)
+        rows.append(weights)
+    return rows

@@ -47,6 +47,10 @@ class Projection:
     layout: str  # "out_in" (nn.Linear) or "in_out" (GPT-2 Conv1D)
     deltas: tuple[LoraDelta, ...] = ()
 
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0 if self.layout == "out_in" else 1]
+
     def __call__(self, x: torch.Tensor, adapter_tokens=0, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, in] -> [T, out]; the adapters apply to x[:adapter_tokens], or, when
         ``adapter_tokens`` is a [T, 1] tensor of 0s and 1s (a CUDA graph's static batch, whose

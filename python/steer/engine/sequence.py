@@ -56,6 +56,10 @@ def _check_negative_streams(negative_ids) -> list[list[int]]:
     return [check_token_ids(f"negative_ids[{i}]", stream) for i, stream in enumerate(streams)]
 
 
+# What a request without its own value and without a config samples with.
+NEUTRAL_SETTINGS = {"gamma": 0.0, "eta": 0.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
 @dataclass
 class Request:
     """One synthetic sample to generate.
@@ -100,6 +104,15 @@ class Request:
         self.seed = None if self.seed is None else int(self.seed)
         self.eos_token_id = None if self.eos_token_id is None else int(self.eos_token_id)
         self._check_sampling_overrides()
+
+    def setting(self, name: str, config=None):
+        """This request's gamma, eta, temperature, top_k or top_p: its own if set, else the
+        config's (a SteerConfig), else the neutral value (no contrast, no negatives, plain
+        sampling)."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return getattr(config, name) if config is not None else NEUTRAL_SETTINGS[name]
 
     def _check_sampling_overrides(self) -> None:
         """The overrides that are set, each checked as SteerConfig checks it (the others stand in
@@ -178,8 +191,7 @@ class SampleGroup:
         cls, group_id: int, request: Request, config=None, *, rescale: bool = False, request_id=None, seed=None
     ) -> SampleGroup:
         """The group of a request, its None fields taken from ``config`` (a SteerConfig)."""
-        gamma = _pick(request.gamma, config, "gamma", 0.0)
-        eta = _pick(request.eta, config, "eta", 0.0)
+        gamma, eta = request.setting("gamma", config), request.setting("eta", config)
         streams = [Stream(StreamRole.PROMPT, "expert", list(request.prompt_ids), len(request.prompt_ids))]
         if eta != 0:
             if not request.negative_ids:
@@ -191,9 +203,7 @@ class SampleGroup:
         weights = stream_weights(gamma, eta, negatives, rescale=rescale)
         weights = [weights[0], *weights[2:]] + ([weights[1]] if gamma != 0 else [])  # the streams' order
         sampling = Sampling(
-            _pick(request.temperature, config, "temperature", 1.0),
-            _pick(request.top_k, config, "top_k", 0),
-            _pick(request.top_p, config, "top_p", 1.0),
+            request.setting("temperature", config), request.setting("top_k", config), request.setting("top_p", config)
         )
         return cls(group_id, request, streams, weights, sampling, request.seed if seed is None else seed, request_id)
 
@@ -224,9 +234,3 @@ class SampleGroup:
             self.status, self.finish_reason = GroupStatus.FINISHED, "eos"
         elif len(self.generated) >= request.max_new_tokens:
             self.status, self.finish_reason = GroupStatus.FINISHED, "length"
-
-
-def _pick(value, config, name: str, default):
-    if value is not None:
-        return value
-    return getattr(config, name) if config is not None else default

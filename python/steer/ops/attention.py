@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import torch
 
@@ -116,24 +117,38 @@ def check_paged_attention(q, k_cache, v_cache, block_tables, query_starts, conte
         raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
-def _triton_usable(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+def _why_not(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why ``backend`` cannot run paged attention on these tensors, or None when it can."""
+    if backend == "torch":
+        return None
+    if dtype not in FLOATS:
+        return f"it runs float32, float16 and bfloat16, not {dtype}"
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"it runs on CPU tensors, not {device}"
+        if not (compiled.extension_imports("steer._C") and hasattr(compiled.extension("steer._C"), "paged_attention")):
+            return "steer._C has no paged_attention (a source tree built before it: reinstall)"
+        return None
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it runs on CUDA tensors (or any, under TRITON_INTERPRET=1), not {device}"
+    return None
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs paged attention for tensors on ``device``: resolve once per engine,
-    not per call."""
+    not per call. "auto": C++ on the CPU, Triton on a GPU, the torch reference otherwise (and
+    for float64); a named backend that cannot run here is a ValueError saying why."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    if backend != "auto":
-        return backend
-    if dtype == torch.float64:
-        return "torch"
-    if device.type == "cpu" and compiled.extension_imports("steer._C") and hasattr(compiled.extension("steer._C"), "paged_attention"):
-        return "cpp"
-    if _triton_usable(device):
-        return "triton"
-    return "torch"
+    if backend == "auto":
+        preferred = "cpp" if device.type == "cpu" else "triton" if device.type == "cuda" else "torch"
+        return preferred if _why_not(preferred, device, dtype) is None else "torch"
+    reason = _why_not(backend, device, dtype)
+    if reason is not None:
+        raise ValueError(f"attention backend {backend!r} cannot run here: {reason}")
+    return backend
 
 
 def paged_attention(
@@ -162,8 +177,7 @@ def paged_attention(
     check_paged_attention(q, k_cache, v_cache, block_tables, query_starts, context_lengths, block_size, sliding_window)
     name = resolve_backend(backend, q.device, q.dtype)
     if name == "cpp":
-        result = _cpp(q, k_cache, v_cache, block_tables, query_starts, context_lengths, block_size, scale, sliding_window, soft_cap, out)
-        return result
+        return _cpp(q, k_cache, v_cache, block_tables, query_starts, context_lengths, block_size, scale, sliding_window, soft_cap, out)
     if name == "triton":
         return _triton(
             q, k_cache, v_cache, block_tables, query_starts, context_lengths, block_size, scale,
@@ -185,9 +199,7 @@ def _inner_contiguous(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _cpp(q, k_cache, v_cache, block_tables, query_starts, context_lengths, block_size, scale, sliding_window, soft_cap, out):
-    ext = compiled.extension("steer._C")
-    if q.device.type != "cpu":
-        raise ValueError(f"the cpp attention backend runs on CPU tensors, got q on {q.device}")
+    ext = compiled.extension("steer._C")  # resolve_backend checked the device and dtype
     q, k_cache, v_cache = (_inner_contiguous(t) for t in (q, k_cache, v_cache))
     block_tables = block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
     query_starts, context_lengths = query_starts.contiguous(), context_lengths.contiguous()
