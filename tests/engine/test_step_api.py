@@ -222,3 +222,14 @@ def test_a_step_builds_no_autograd_graph_for_models_whose_weights_require_grad(m
     logits = engine.runner.run(plan)
     assert not logits.requires_grad and logits.grad_fn is None
     engine.scheduler.release_all(computed=False)
+
+
+def test_a_bad_request_id_or_request_object_is_one_clear_error(models):
+    engine = engine_of(models)
+    with pytest.raises(ValueError, match="request_id must be hashable \\(a str or an int, say\\), got list"):
+        engine.add_request(requests()[0], request_id=["not", "hashable"])
+    with pytest.raises(ValueError, match="request_id must be hashable"):
+        engine.abort_request({"not": "hashable"})
+    with pytest.raises(ValueError, match="^request must be a steer.Request, got dict"):
+        engine.add_request({"prompt_ids": [5]})
+    assert not engine.has_unfinished_requests() and all_free(engine)

@@ -198,7 +198,7 @@ class SteerEngine:
 
         A ValueError names the first bad field (the request's ids against this model's
         vocabulary and context, a gamma > 0 without a base model) and queues nothing."""
-        if request_id is not None and request_id in self._groups:
+        if request_id is not None and self._in_use(request_id):
             raise ValueError(f"request_id {request_id!r} is already in use by an unfinished request")
         # The group id keys the noise of a request without its own seed: the engine's sequence
         # number, never a hash of the caller's id (a str's hash changes from process to process).
@@ -212,11 +212,18 @@ class SteerEngine:
     def abort_request(self, request_id) -> bool:
         """Stop a request now, wherever it is; its KV blocks are free when this returns. False
         when no unfinished request has this id (it finished, or never was)."""
-        group = self._groups.pop(request_id, None)
-        if group is None:
+        if not self._in_use(request_id):
             return False
+        group = self._groups.pop(request_id)
         self.scheduler.abort(group)
         return True
+
+    def _in_use(self, request_id) -> bool:
+        """Whether an unfinished request has this id; a ValueError for an id that cannot be one."""
+        try:
+            return request_id in self._groups
+        except TypeError:  # unhashable
+            raise ValueError(f"request_id must be hashable (a str or an int, say), got {type(request_id).__name__}") from None
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work
@@ -383,7 +390,7 @@ class SteerEngine:
         the model's vocabulary, every stream it will run within the model's context, a base for
         gamma > 0. ``where`` prefixes the field in the message ("requests[3].")."""
         if not isinstance(request, Request):
-            raise ValueError(f"{where.rstrip('.')} must be a steer.Request, got {type(request).__name__}")
+            raise ValueError(f"{where.rstrip('.') or 'request'} must be a steer.Request, got {type(request).__name__}")
         gamma, eta = request.setting("gamma", self.config), request.setting("eta", self.config)
         if gamma != 0 and not self.has_base:
             raise ValueError(f"{where}gamma = {gamma} needs a base model, and this engine has none (give it one, or a LoRA expert)")
