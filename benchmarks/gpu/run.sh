@@ -276,7 +276,7 @@ step_tests_gpu() {
   # here under the device's library versions), and any other file of tests/ops or tests/engine that
   # mentions cuda, so that GPU tests added later are not left out. test_cuda.py: the next step.
   local files=(tests/ops/test_triton.py tests/ops/test_sample.py tests/ops/test_combine.py
-    tests/ops/test_paged_attention_triton.py tests/engine/test_paged_attention.py tests/engine/test_model_runner.py
+    tests/ops/test_paged_attention_triton.py tests/engine/test_model_runner.py
     tests/engine/test_engine.py tests/engine/test_step_api.py tests/engine/test_lora.py) file
   for file in $(grep -l cuda tests/ops/test_*.py tests/engine/test_*.py 2>/dev/null); do
     [[ $file == tests/ops/test_cuda.py || " ${files[*]} " == *" $file "* ]] || files+=("$file")

@@ -41,7 +41,7 @@
 //   Many rows: T is cut into passes of rows_per_pass rows, each streaming W once, so that what
 //   the tiles revisit (x for out_in, the y block for in_out) stays in L2 whatever T is.
 //
-// Vectorisation: 8-wide GCC / Clang vector extensions (two SSE registers at the x86-64 baseline,
+// Vectorisation (vec8.h): 8-wide GCC / Clang vector extensions (two SSE registers at the x86-64 baseline,
 // one AVX register in the x86-64-v3 build). On x86-64 Linux with GCC the hot functions are also
 // built for x86-64-v3 (AVX2 + FMA + F16C; target_clones, the loader picks it where the CPU has
 // it), like hot_loops.cpp but at a level that includes FMA. This file is compiled with
@@ -69,23 +69,13 @@
 #include <vector>
 
 #include "kernel_common.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(STEER_NO_CLONES)
-#define STEER_MATMUL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define STEER_MATMUL_F16C 1  // float16 -> float32 by vcvtph2ps in the x86-64-v3 build
-#include <immintrin.h>
-#else
-#define STEER_MATMUL_CLONES
-#define STEER_MATMUL_F16C 0
-#endif
+#include "vec8.h"
 
 namespace steer {
 namespace {
 
 using namespace cpu;
 
-constexpr int kLanes = 8;
 constexpr int kRowTile = 4;          // MR: rows of x per register tile (both layouts)
 constexpr int kOutInRows = 3;        // NR: rows of W per out_in tile (4 x 3 accumulators)
 constexpr int kInOutVectors = 3;     // vectors of columns per in_out tile (4 x 3 accumulators)
@@ -102,48 +92,6 @@ constexpr int64_t kPanelRows = 16;
 constexpr int kPrefetchLocality = 1;
 constexpr int64_t kColumnAlign = 16;           // in_out thread ranges start on 64-byte boundaries
 constexpr int64_t kSerialWeights = 1 << 16;    // below this many weights, one thread
-
-#if defined(__GNUC__)
-// The helpers below pass 32-byte vectors by value; GCC warns that the baseline build's calling
-// convention for them differs from an AVX build's. They are always inlined and file-local, so no
-// call ever crosses that boundary.
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-// 0 + s, an add GCC cannot fold away (it turns -0 into +0): in a target_clones function GCC 12
-// expands a plain splat ({s, s, ...}, or s - 0, which it folds to that) inside a loop as 8 inserts
-// instead of one broadcast; this costs one add and a broadcast.
-STEER_ALWAYS_INLINE Vec splat(float s) { return Vec{} + s; }
-STEER_ALWAYS_INLINE Vec madd(Vec acc, Vec a, Vec b) { return acc + a * b; }
-#else
-struct Vec {
-  float v[kLanes];
-};
-STEER_ALWAYS_INLINE Vec splat(float s) {
-  Vec r;
-  for (int i = 0; i < kLanes; ++i) r.v[i] = s;
-  return r;
-}
-STEER_ALWAYS_INLINE Vec madd(Vec acc, Vec a, Vec b) {
-  for (int i = 0; i < kLanes; ++i) acc.v[i] += a.v[i] * b.v[i];
-  return acc;
-}
-#endif
-
-STEER_ALWAYS_INLINE Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-STEER_ALWAYS_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
-
-STEER_ALWAYS_INLINE float hsum(Vec v) {
-  float s[kLanes];
-  std::memcpy(s, &v, sizeof v);
-  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
 
 // What the next tile (out_in) or panel (in_out) will read of W, in W's storage type: the first
 // row tile prefetches it while it computes, so that its loads are in flight one tile ahead.
@@ -208,7 +156,7 @@ STEER_ALWAYS_INLINE void dot_rows(const float* x, int64_t ldx, int64_t T, int64_
 }
 
 // y[:, 0, nr) for nr <= kOutInRows rows of float32 W (rows ldw apart), all T rows of x.
-STEER_MATMUL_CLONES
+STEER_CPU_CLONES
 void out_in_block(const float* x, int64_t ldx, int64_t T, int64_t Kin, const float* w, int64_t ldw, int64_t nr,
                   const float* bias, float* y, int64_t ldy, Prefetch next) {
   static_assert(kOutInRows == 3, "the switch below covers 1 .. kOutInRows rows of W");
@@ -287,7 +235,7 @@ STEER_ALWAYS_INLINE void axpy_rows(const float* x, int64_t ldx, const float* p, 
 
 // y[:, 0, nc) += x[:, 0, kb) @ p for a float32 panel p [kb, nc] (rows ldp apart), all T rows;
 // the first row tile prefetches the next panel (next: its first row, in W's storage type).
-STEER_MATMUL_CLONES
+STEER_CPU_CLONES
 void in_out_panel(const float* x, int64_t ldx, int64_t T, const float* p, int64_t ldp, int64_t kb, int64_t nc,
                   const float* bias, bool first, float* y, int64_t ldy, Prefetch next) {
   const Prefetch none{nullptr, 0, 0};
@@ -322,7 +270,7 @@ STEER_ALWAYS_INLINE void convert_block(const W* STEER_RESTRICT src, int64_t rows
   }
 }
 
-#if STEER_MATMUL_F16C
+#if STEER_CPU_F16C
 // float16 has a conversion instruction in x86-64-v3 (F16C): 1 instruction per 8 weights instead
 // of the ~24 of the exact bit manipulation of to_float(Half), which made float16 weights convert
 // at ~1 weight per cycle, slower than memory. Both are exact. (GCC function multiversioning: a
@@ -333,7 +281,7 @@ void to_float_block(const Half* src, int64_t rows, int64_t cols, int64_t ld_src,
   convert_block(src, rows, cols, ld_src, dst, ld_dst);
 }
 
-#if STEER_MATMUL_F16C
+#if STEER_CPU_F16C
 __attribute__((target("arch=x86-64-v3")))
 void to_float_block(const Half* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -348,7 +296,7 @@ void to_float_block(const Half* src, int64_t rows, int64_t cols, int64_t ld_src,
 }
 #endif
 
-STEER_MATMUL_CLONES
+STEER_CPU_CLONES
 void to_float_block(const BFloat16* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst) {
   convert_block(src, rows, cols, ld_src, dst, ld_dst);
 }

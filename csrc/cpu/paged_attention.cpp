@@ -61,41 +61,23 @@
 #include <vector>
 
 #include "kernel_common.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(STEER_NO_CLONES)
-#define STEER_ATTN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define STEER_ATTN_F16C 1  // float16 -> float32 by vcvtph2ps in the x86-64-v3 build
-#include <immintrin.h>
-#else
-#define STEER_ATTN_CLONES
-#define STEER_ATTN_F16C 0
-#endif
+#include "vec8.h"
 
 namespace steer {
 namespace {
 
 using namespace cpu;
 
-constexpr int kLanes = 8;
 constexpr int64_t kKeyTile = 32;         // keys per online-softmax step (a multiple of 8)
 constexpr int64_t kTargetQueries = 32;   // query heads per work item: a prefill tile has ~32 / G queries
 constexpr int64_t kSerialWork = 1 << 16; // below this many multiply-adds (q.k and p v), one thread
 constexpr int64_t kLine = 64;            // bytes per prefetch
 constexpr int kPrefetchLocality = 1;
 
-// ---------------------------------------------------------------- 8-wide vectors
+// ---------------------------------------------------------------- 8-wide vectors (beyond vec8.h)
 
 #if defined(__GNUC__)
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // always-inline, file-local helpers (see decode_matmul.cpp)
-#endif
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
-// Vec{} + s: a broadcast GCC 12 does not expand as 8 inserts in a target_clones function.
-STEER_ALWAYS_INLINE Vec splat(float s) { return Vec{} + s; }
-STEER_ALWAYS_INLINE Vec madd(Vec acc, Vec a, Vec b) { return acc + a * b; }
-STEER_ALWAYS_INLINE Vec mul(Vec a, Vec b) { return a * b; }
 #if defined(__clang__)
 #define STEER_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
@@ -120,22 +102,6 @@ STEER_ALWAYS_INLINE Vec reduce8(const Vec* a) {
   return STEER_SHUFFLE(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) + STEER_SHUFFLE(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 #else
-struct Vec {
-  float v[kLanes];
-};
-STEER_ALWAYS_INLINE Vec splat(float s) {
-  Vec r;
-  for (int i = 0; i < kLanes; ++i) r.v[i] = s;
-  return r;
-}
-STEER_ALWAYS_INLINE Vec madd(Vec acc, Vec a, Vec b) {
-  for (int i = 0; i < kLanes; ++i) acc.v[i] += a.v[i] * b.v[i];
-  return acc;
-}
-STEER_ALWAYS_INLINE Vec mul(Vec a, Vec b) {
-  for (int i = 0; i < kLanes; ++i) a.v[i] *= b.v[i];
-  return a;
-}
 STEER_ALWAYS_INLINE Vec broadcast(const float* p) { return splat(*p); }
 STEER_ALWAYS_INLINE Vec reduce8(const Vec* a) {
   Vec r;
@@ -147,14 +113,6 @@ STEER_ALWAYS_INLINE Vec reduce8(const Vec* a) {
   return r;
 }
 #endif
-
-STEER_ALWAYS_INLINE Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-STEER_ALWAYS_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
 // tanh(x), vectorisable: (1 - e) / (1 + e) with e = exp(-2 |x|), and its Taylor series below
 // |x| = 1/8 where 1 - e would cancel (both ~1e-7 absolute; tanh(+-inf) = +-1, NaN stays NaN).
@@ -275,7 +233,7 @@ struct Prefetch {
 // krows holds kKeyTile row pointers (those past nk at a zero row), vrows nk; each row has Dp
 // floats. This is part `part` of `parts` (the item's kv heads) of the tile: it issues that share
 // of the prefetches ahead, evenly over its score blocks.
-STEER_ATTN_CLONES
+STEER_CPU_CLONES
 void attend_tile(const ItemState& st, const float* const* krows, const float* const* vrows, int64_t k0, int64_t nk,
                  Prefetch& ahead, int64_t part, int64_t parts) {
   const int64_t M = st.M, Dp = st.Dp;
@@ -361,19 +319,19 @@ STEER_ALWAYS_INLINE void convert_tile_generic(const T* const* src, int64_t nk, i
   }
 }
 
-STEER_ATTN_CLONES
+STEER_CPU_CLONES
 void convert_tile(const float* const* src, int64_t nk, int64_t heads, int64_t head_stride, int64_t D, int64_t Dp,
                   float* dst) {
   convert_tile_generic(src, nk, heads, head_stride, D, Dp, dst);
 }
 
-STEER_ATTN_CLONES
+STEER_CPU_CLONES
 void convert_tile(const BFloat16* const* src, int64_t nk, int64_t heads, int64_t head_stride, int64_t D, int64_t Dp,
                   float* dst) {
   convert_tile_generic(src, nk, heads, head_stride, D, Dp, dst);
 }
 
-#if STEER_ATTN_F16C
+#if STEER_CPU_F16C
 // float16 by F16C's vcvtph2ps in the x86-64-v3 build (1 instruction per 8 values instead of the
 // ~24 of to_float(Half)); both exact. Function multiversioning, as in decode_matmul.cpp: this
 // body needs an intrinsic, so it cannot be a target_clones function.
@@ -384,7 +342,7 @@ void convert_tile(const Half* const* src, int64_t nk, int64_t heads, int64_t hea
   convert_tile_generic(src, nk, heads, head_stride, D, Dp, dst);
 }
 
-#if STEER_ATTN_F16C
+#if STEER_CPU_F16C
 __attribute__((target("arch=x86-64-v3")))
 void convert_tile(const Half* const* src, int64_t nk, int64_t heads, int64_t head_stride, int64_t D, int64_t Dp,
                   float* dst) {

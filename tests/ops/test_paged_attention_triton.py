@@ -4,9 +4,9 @@ V converted to q's dtype first, as the kernels do).
 
 ``paged_extend_attention`` on ragged batches that mix decode rows (n_r = 1), prefill rows
 (n_r = c_r), prefix-hit rows (1 < n_r < c_r), rows with no new token and a row of context 1;
-``paged_decode_attention`` with sliding windows and soft caps (the plain decode cases are in
-tests/engine/test_paged_attention.py); ``steer.ops.attention.paged_attention(backend="triton")``
-through both. Every pool slot outside the rows' contexts, the block that padding table entries
+``paged_decode_attention`` (one query per row: context 1, tile and block boundaries, the split
+path with empty splits, every dtype, strided views, empty contexts) with and without sliding
+windows and soft caps; ``steer.ops.attention.paged_attention(backend="triton")`` through both. Every pool slot outside the rows' contexts, the block that padding table entries
 name, and the tokens of q outside every row hold NaN; with a window, so do the keys before each
 row's first window and the table entries of the blocks wholly before it (an engine may free those
 blocks): reading any of them shows as NaN in the output.
@@ -64,7 +64,7 @@ class Case:
                  spare_columns=2, device=DEVICE):
         gen = torch.Generator().manual_seed(seed)
         self.new, self.lens_list = [n for n, _ in rows], [c for _, c in rows]
-        assert all(0 <= n <= c for n, c in rows)
+        assert all(0 <= n <= c or (n, c) == (1, 0) for n, c in rows)  # (1, 0): a decode row with no keys
         self.block_size, self.layer, self.window, self.cap = block_size, layer, window, cap
         per_row = [math.ceil(c / block_size) for c in self.lens_list]
         num_blocks = sum(per_row) + 3  # + the NaN block and two never used
@@ -122,9 +122,11 @@ class Case:
         assert result is out
         return out
 
-    def decode(self, **knobs):
+    def decode(self, *, q=None, k=None, v=None, **knobs):
+        """paged_decode_attention: one query per row (a case of decode_rows, extra_tokens=0)."""
         assert self.new == [1] * len(self.new) and self.q.shape[0] == len(self.new)
-        return pa.paged_decode_attention(self.q, self.k, self.v, self.tables, self.lens, block_size=self.block_size,
+        return pa.paged_decode_attention(self.q if q is None else q, self.k if k is None else k,
+                                         self.v if v is None else v, self.tables, self.lens, block_size=self.block_size,
                                          scale=self.scale, sliding_window=self.window, soft_cap=self.cap, **knobs)
 
     def reference(self, q=None):
@@ -148,6 +150,11 @@ def assert_matches(got, want, dtype, tokens=None):
 
 def decode_rows(lens):
     return [(1, c) for c in lens]
+
+
+def decode_case(lens, *args, **kwargs):
+    """A Case of one query per row over contexts ``lens`` (0: a row with no keys, whose output is zeros)."""
+    return Case(decode_rows(lens), *args, extra_tokens=0, **kwargs)
 
 
 # ---- extend ------------------------------------------------------------------------------------
@@ -241,7 +248,197 @@ def test_extend_defaults():
     assert pa.extend_defaults(128, 4, 512, torch.float32) == (8, 32)
 
 
-# ---- decode: windows and soft caps (plain decode: tests/engine/test_paged_attention.py) --------
+# ---- decode: one query per row ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("splits", [1, 3], ids=lambda s: f"splits{s}")
+@pytest.mark.parametrize("block_size", [4, 16], ids=lambda b: f"P{b}")
+@pytest.mark.parametrize("head_dim", [16, 32], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("heads, kv_heads", [(2, 2), (4, 2), (4, 1)], ids=lambda x: str(x))
+@pytest.mark.parametrize("lens", [(45,), (1, 32, 37)], ids=lambda n: f"R{len(n)}")
+def test_decode_matches_reference(lens, heads, kv_heads, head_dim, block_size, splits):
+    """Context 1, a block / tile boundary (32), odd lengths over 2-3 tiles; with 3 splits the
+    short rows leave splits empty."""
+    case = decode_case(lens, heads, kv_heads, head_dim, block_size, seed=len(lens) + heads + head_dim)
+    got = case.decode(num_splits=splits, **SMALL)
+    assert got.shape == case.q.shape and got.dtype == case.q.dtype
+    assert_matches(got, case.reference(), torch.float32)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_decode_dtypes(dtype, splits):
+    case = decode_case((3, 16, 50), 8, 2, 32, 4, dtype, seed=3)
+    got = case.decode(num_splits=splits, **SMALL)
+    assert got.dtype == dtype
+    assert_matches(got, case.reference(), dtype)
+
+
+@pytest.mark.parametrize("q_dtype, cache_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)],
+                         ids=str)
+def test_decode_mixed_dtypes_compute_in_q_dtype(q_dtype, cache_dtype):
+    """Keys and values are converted to q's dtype, as model_runner.paged_attention does."""
+    case = decode_case((7, 21), 4, 2, 16, 4, cache_dtype, q_dtype=q_dtype, seed=4)
+    got = case.decode(num_splits=2, **SMALL)
+    assert got.dtype == q_dtype
+    assert_matches(got, case.reference(), torch.bfloat16 if torch.bfloat16 in (q_dtype, cache_dtype) else torch.float16)
+
+
+@pytest.mark.parametrize("block_size, block_n", [(32, 16), (2, 16), (16, 64)], ids=str)
+def test_decode_tiles_and_blocks_of_any_relative_size(block_size, block_n):
+    """A tile inside one block (block_size > block_n), a tile over 8 blocks, the default 64-key tile."""
+    case = decode_case((1, 33, 70), 4, 2, 16, block_size, seed=5)
+    for splits in (1, 2):
+        assert_matches(case.decode(num_splits=splits, block_n=block_n), case.reference(), torch.float32)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_decode_strided_views(splits):
+    """k / v: a layer of a [L, S, Hkv, D] pool, a slot-major [S, L, Hkv, D] pool, and every-other
+    element of D; q and out non-contiguous."""
+    case = decode_case((5, 19, 40), 4, 2, 16, 4, layers=3, layer=1, seed=6)
+    want = case.reference()
+    assert_matches(case.decode(num_splits=splits, **SMALL), want, torch.float32)  # layer slice: storage offset
+    slot_major_k, slot_major_v = case.k_pool.transpose(0, 1).contiguous(), case.v_pool.transpose(0, 1).contiguous()
+    got = case.decode(k=slot_major_k[:, 1], v=slot_major_v[:, 1], num_splits=splits, **SMALL)
+    assert_matches(got, want, torch.float32)
+    wide_k, wide_v = (torch.stack([t, t], dim=-1).flatten(-2)[..., ::2] for t in (case.k, case.v))
+    assert wide_k.stride(-1) == 2 and torch.equal(wide_k.nan_to_num(), case.k.nan_to_num())
+    q = torch.cat([case.q, case.q], dim=-1)[..., :16]  # row stride 2 * H * D
+    out = torch.full((4, 3, 16), math.nan, device=DEVICE).transpose(0, 1)  # [3, 4, 16], non-contiguous
+    result = case.decode(k=wide_k, v=wide_v, q=q, out=out, num_splits=splits, **SMALL)
+    assert result is out
+    assert_matches(out, want, torch.float32)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_empty_context_gives_zeros(splits):
+    """context 0 (a padding row of a captured batch): zeros, not NaN; the other rows unaffected."""
+    case = decode_case((9, 0, 20), 4, 2, 16, 4, seed=7)
+    got = case.decode(num_splits=splits, **SMALL)
+    assert torch.equal(got[1].cpu(), torch.zeros_like(got[1].cpu()))
+    assert_matches(got, case.reference(), torch.float32)
+
+
+def test_decode_split_plan():
+    cpu = torch.device("cpu")  # 4 "SMs" under the interpreter
+    assert pa.plan_splits(64, 8, 4096, cpu) == 1  # the rows fill the GPU
+    assert pa.plan_splits(1, 1, 4096, cpu) == 4 * pa.PROGRAMS_PER_SM  # few rows, long context
+    assert pa.plan_splits(1, 2, 600, cpu) == 2  # bounded by MIN_KEYS_PER_SPLIT
+    assert pa.plan_splits(1, 1, 100, cpu) == 1  # too short to split
+    assert pa.plan_splits(1, 1, 10**6, cpu, programs_per_sm=1000) == pa.MAX_SPLITS
+    assert pa.plan_splits(0, 8, 4096, cpu) >= 1
+
+
+def test_decode_auto_split_runs_the_split_path():
+    case = decode_case((600, 3), 2, 1, 16, 16, spare_columns=4, seed=8)
+    width = case.tables.shape[1] * case.block_size
+    assert pa.plan_splits(2, 1, width, case.q.device) > 1
+    assert_matches(case.decode(), case.reference(), torch.float32)
+
+
+def test_decode_zero_rows():
+    q = torch.empty((0, 4, 16), device=DEVICE)
+    k = torch.zeros((8, 2, 16), device=DEVICE)
+    out = pa.paged_decode_attention(q, k, k, torch.zeros((0, 2), dtype=torch.int32, device=DEVICE),
+                                    torch.zeros(0, dtype=torch.int32, device=DEVICE), block_size=4, scale=1.0)
+    assert out.shape == (0, 4, 16)
+
+
+def _decode_invalid_inputs():
+    q, k = torch.zeros(2, 4, 16), torch.zeros(32, 2, 16)
+    tables, lens = torch.zeros(2, 3, dtype=torch.int32), torch.ones(2, dtype=torch.int32)
+    base = dict(q=q, k_cache=k, v_cache=k, block_tables=tables, context_lens=lens, block_size=4)
+    return [
+        (dict(q=torch.zeros(2, 64)), "q must be"),
+        (dict(q=torch.zeros(2, 3, 16)), "multiple of the kv heads"),
+        (dict(q=torch.zeros(2, 4, 512), k_cache=torch.zeros(8, 2, 512), v_cache=torch.zeros(8, 2, 512)),
+         "head_dim must be in"),
+        (dict(q=torch.zeros(2, 4, 32)), "head_dim of q"),
+        (dict(v_cache=torch.zeros(32, 1, 16)), "k_cache and v_cache must"),
+        (dict(v_cache=k.half()), "dtypes differ"),
+        (dict(q=q.long()), "q must be float32"),
+        (dict(block_size=6), "power of two"),
+        (dict(block_tables=tables.float()), "block_tables must be int32"),
+        (dict(block_tables=tables[:1]), "block_tables must be"),
+        (dict(context_lens=lens[:1]), "context_lens must be"),
+        (dict(out=torch.zeros(2, 4, 8)), "out must be"),
+        (dict(num_splits=0), "num_splits"),
+        (dict(block_n=8), "block_n"),
+    ], base
+
+
+@pytest.mark.parametrize("index", range(len(_decode_invalid_inputs()[0])))
+def test_decode_invalid_inputs(index):
+    cases, base = _decode_invalid_inputs()
+    change, message = cases[index]
+    args = {**base, **change}
+    with pytest.raises(ValueError, match=message):
+        pa.paged_decode_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"), args.pop("block_tables"),
+                                  args.pop("context_lens"), scale=1.0, **args)
+
+
+@needs_gpu
+def test_decode_mismatched_devices():
+    k = torch.zeros(32, 2, 16, device="cuda")
+    with pytest.raises(ValueError, match="one device"):
+        pa.paged_decode_attention(torch.zeros(2, 4, 16), k, k, torch.zeros(2, 3, dtype=torch.int32, device="cuda"),
+                                  torch.ones(2, dtype=torch.int32, device="cuda"), block_size=4, scale=1.0)
+
+
+# ---- GPU only: Llama-size shapes, default tiles, auto-planned splits --------------------------------
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("rows, max_len", [(64, 4096), (8, 4096), (2, 8192)], ids=str)
+def test_gpu_decode_llama_shapes(rows, max_len, dtype):
+    gen = torch.Generator().manual_seed(rows)
+    lens = torch.randint(1, max_len + 1, (rows,), generator=gen).tolist()
+    lens[0] = max_len
+    case = decode_case(lens, 32, 8, 128, 16, dtype, seed=rows)
+    for splits in (None, 1):
+        assert_matches(case.decode(num_splits=splits), case.reference(), dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("heads, kv_heads, head_dim",
+                         [(32, 8, 256), (12, 12, 64), (64, 1, 80), (16, 16, 96), (8, 2, 8)], ids=str)
+def test_gpu_decode_head_shapes(heads, kv_heads, head_dim):
+    case = decode_case((1, 17, 300, 2049), heads, kv_heads, head_dim, 16, torch.bfloat16, seed=head_dim)
+    for splits in (1, 4):
+        assert_matches(case.decode(num_splits=splits), case.reference(), torch.bfloat16)
+
+
+@needs_gpu
+@pytest.mark.parametrize("block_n, num_warps, num_stages", [(32, 4, 2), (64, 8, 3), (128, 8, 2)], ids=str)
+def test_gpu_decode_knobs(block_n, num_warps, num_stages):
+    case = decode_case((1, 777, 3000), 32, 8, 128, 16, torch.bfloat16, seed=9)
+    for splits in (1, 5):
+        got = case.decode(num_splits=splits, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+        assert_matches(got, case.reference(), torch.bfloat16)
+
+
+@needs_gpu
+def test_gpu_decode_cuda_graph_replay():
+    """The launcher never synchronises: capture it, change q and the context lengths in place, replay."""
+    case = decode_case((100, 2000, 40), 32, 8, 128, 16, torch.bfloat16, seed=10)
+    out = torch.empty_like(case.q)
+    for splits in (1, 4):
+        case.decode(out=out, num_splits=splits)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            case.decode(out=out, num_splits=splits)
+        case.q.copy_(torch.randn_like(case.q))
+        case.lens_list = [90, 1999, 1]
+        case.lens.copy_(torch.tensor(case.lens_list, dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_matches(out, case.reference(), torch.bfloat16)
+
+
+# ---- decode: windows and soft caps ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("splits", [1, 3], ids=lambda s: f"splits{s}")

@@ -37,7 +37,14 @@ class LoraDelta:
         # Through decode_linear like the base weights: torch's GEMM reads B [out, r] once per row
         # for a few rows, which made a LoRA expert's 2-3 rows of a STEER step cost 2-3 of its 1.
         low_rank = decode_linear(x.to(self.a.dtype), self.a)
-        return (decode_linear(low_rank, self.b, self.b_bias) * self.scaling).to(x.dtype)
+        if self.b_bias is not None:  # (B A x + b) * s: the bias is scaled too
+            return (decode_linear(low_rank, self.b, self.b_bias) * self.scaling).to(x.dtype)
+        # B (A x) * s as B ((A x) * s): the scale on the [rows, r] intermediate, not on the
+        # [rows, out] product (one pass over r values per row instead of out), and none at all
+        # for the common alpha = r.
+        if self.scaling != 1.0:
+            low_rank.mul_(self.scaling)
+        return decode_linear(low_rank, self.b).to(x.dtype)
 
 
 @dataclass(frozen=True)
