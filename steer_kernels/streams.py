@@ -179,10 +179,4 @@ def raise_for_errors(err: torch.Tensor, num_streams: int) -> None:
     """Read the error buffer back (the one host synchronisation) and raise the shared ValueError."""
     from steer.ops import errors
 
-    nan_key, posinf_key, empty_row = err.tolist()
-    if nan_key != NO_ERROR:
-        raise errors.nan_in_logits(*divmod(nan_key, num_streams))
-    if posinf_key != NO_ERROR:
-        raise errors.posinf_in_logits(*divmod(posinf_key, num_streams))
-    if empty_row != NO_ERROR:
-        raise errors.no_finite_token(empty_row)
+    errors.RecordedErrors(err, NO_ERROR, num_streams).raise_if_any()

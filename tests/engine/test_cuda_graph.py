@@ -58,3 +58,30 @@ def test_captured_decode_steps_give_the_eager_tokens_on_a_gpu(kind):
     assert engine.generate(requests()) == eager
     assert engine.generate(requests()) == eager  # replayed, not captured again
     assert engine.runner.decode_graphs._captured, "no decode step was captured"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", ["off", "capture"])
+def test_a_decode_step_synchronises_with_the_gpu_once(graphs):
+    """After the first steps (prefill, captures), a decode step's only host synchronisation is the
+    read-back of its tokens (with the sampler's error buffer): torch's sync debug mode warns on
+    every synchronising call."""
+    import warnings
+
+    models = [m.to(device="cuda", dtype=torch.float32) for m in expert_and_base("llama")]
+    config = SteerConfig(gamma=0.5, eta=0.5, temperature=0.7, top_k=20, max_new_tokens=40, seed=1)
+    engine = SteerEngine(*models, config=config, block_size=4, decode_graphs=graphs, max_batch_rows=20)
+    for index, request in enumerate(requests()):
+        engine.add_request(Request(request.prompt_ids, request.negative_ids, 40), request_id=index)
+    for _ in range(4):  # prefill, then decode steps (captured on first use)
+        engine.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, syncs

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import steer
-from backend_devices import run
+from backend_devices import GPU_BACKENDS, device_for, run
 from steer import reference, steer_weights
+from steer.ops import triton_backend
 
 BACKENDS = steer.backends("sample")
 DRAWS = 40_000
@@ -182,3 +183,58 @@ def test_nan_raises_instead_of_sampling():
 def test_empty_batch():
     tokens, logprobs = steer.sample(torch.zeros(0, 1, 4), [1.0], return_logprobs=True)
     assert tokens.shape == (0,) and logprobs.shape == (0,)
+
+
+# ---- sample_deferred + read_tokens: the engine's one read-back per step ----------------------
+
+
+# The Triton backend too where its interpreter runs it on the CPU (never picked by "auto" there).
+DEFERRING = BACKENDS + [b for b in ("triton",) if b not in BACKENDS and triton_backend.is_interpreted()]
+
+
+@pytest.mark.parametrize("backend", DEFERRING)
+def test_deferred_tokens_are_those_of_sample(backend):
+    from steer.ops import read_tokens, sample_deferred
+
+    device = device_for(backend)
+    logits = random_logits((3, 4, 50), seed=5).to(device)
+    weights = steer_weights(0.3, 0.4, 2)
+    options = dict(temperature=0.8, top_k=7, seed=11, backend=backend)
+    want, want_logprobs = steer.sample(logits, weights, return_logprobs=True, **options)
+    drawn = sample_deferred(logits, weights, **options)
+    assert torch.equal(drawn.logprobs.cpu(), want_logprobs.cpu())
+    assert read_tokens(drawn.tokens, [drawn.errors]) == want.tolist()
+    if backend in GPU_BACKENDS:  # a device kernel: errors recorded, read with the tokens
+        assert drawn.errors is not None and drawn.errors.buffer.device == logits.device
+    else:  # checked on the host already
+        assert drawn.errors is None
+
+
+@pytest.mark.parametrize("backend", DEFERRING)
+@pytest.mark.parametrize("bad, message", [(math.nan, "NaN \\(batch row 7, stream 1\\)"),
+                                          (math.inf, "\\+inf \\(batch row 7, stream 1\\)")], ids=["nan", "inf"])
+def test_deferred_errors_name_the_callers_row(backend, bad, message):
+    """A sub-batch's rows stand for the caller's rows 2 and 7: the error names row 7, raised by
+    read_tokens for a device kernel (nothing was read back before), at once on the host."""
+    from steer.ops import read_tokens, sample_deferred
+
+    logits = torch.zeros(2, 2, 9, device=device_for(backend))
+    logits[1, 1, 4] = bad
+    with pytest.raises(ValueError, match=message):
+        drawn = sample_deferred(logits, [1.2, -0.2], backend=backend, rows=[2, 7])
+        assert backend in GPU_BACKENDS, "a host backend raises in sample_deferred"
+        read_tokens(drawn.tokens, [drawn.errors])
+
+
+@pytest.mark.parametrize("backend", [b for b in DEFERRING if b in GPU_BACKENDS])
+def test_read_tokens_raises_the_first_recorded_error_of_several(backend):
+    from steer.ops import read_tokens, sample_deferred
+
+    device = device_for(backend)
+    clean = sample_deferred(torch.zeros(1, 1, 5, device=device), [1.0], backend=backend, rows=[0])
+    empty = torch.full((1, 1, 5), -math.inf, device=device)  # no finite token in row 3
+    bad = sample_deferred(empty, [1.0], backend=backend, rows=[3])
+    tokens = torch.cat([clean.tokens, bad.tokens])
+    with pytest.raises(ValueError, match="batch row 3 has no token"):
+        read_tokens(tokens, [clean.errors, None, bad.errors])
+    assert read_tokens(clean.tokens, [clean.errors, None]) == [clean.tokens.item()]

@@ -43,7 +43,7 @@ from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler, StepPlan
 from steer.engine.sequence import Request, SampleGroup
 from steer.model_info import context_length, shared_vocabulary_size
-from steer.ops import dispatch, sample
+from steer.ops import dispatch, read_tokens, sample_deferred
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
 
@@ -425,36 +425,45 @@ class SteerEngine:
 
     def _sample(self, plan: StepPlan, logits: torch.Tensor) -> list[int]:
         """One token per group of the plan, drawn by the fused sampler from the [G, K, V] logits;
-        one sampler call per distinct (temperature, top_k, top_p) of the plan's groups. The
-        tokens' read-back is the step's one host synchronisation."""
+        one sampler call per distinct (temperature, top_k, top_p) of the plan's groups. Every
+        host-to-device copy here is asynchronous, and the sampler's errors are read with the tokens:
+        that one read-back is the step's one host synchronisation."""
         groups = plan.groups
         banned = [(g_index, g.request.eos_token_id) for g_index, g in enumerate(groups)
                   if g.request.eos_token_id is not None and len(g.generated) < g.request.min_new_tokens]  # fmt: skip
         if banned:  # no EOS before min_new_tokens
-            rows, columns = zip(*banned)
-            logits[list(rows), 0, list(columns)] = -math.inf
+            rows, columns = (self._on_device(values) for values in zip(*banned))
+            logits[rows, 0, columns] = -math.inf
         weights = torch.tensor(slot_weights(groups, logits.shape[1]), dtype=torch.float32)
-        keys = torch.tensor(
-            [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]], dtype=torch.int64
-        ).to(self.device)
+        keys = self._on_device(
+            [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]]
+        )
         # The weights stay on the host: the sampler checks them there and moves them (no sync).
         by_sampling: dict = {}
         for g_index, group in enumerate(groups):
             by_sampling.setdefault(group.sampling, []).append(g_index)
         if len(by_sampling) == 1:
-            return self._draw(next(iter(by_sampling)), logits, weights, keys).tolist()
+            drawn = self._draw(next(iter(by_sampling)), logits, weights, keys)
+            return read_tokens(drawn.tokens, [drawn.errors])
         tokens = torch.empty(len(groups), dtype=torch.long, device=self.device)
+        recorded = []
         for sampling, rows in by_sampling.items():  # requests with different filters in one step
-            index = torch.tensor(rows, device=self.device)
+            index = self._on_device(rows)
             picked = weights.index_select(0, torch.tensor(rows))
-            tokens[index] = self._draw(sampling, logits.index_select(0, index), picked, keys[:, index])
-        return tokens.tolist()
+            drawn = self._draw(sampling, logits.index_select(0, index), picked, keys[:, index], rows=rows)
+            tokens[index] = drawn.tokens
+            recorded.append(drawn.errors)
+        return read_tokens(tokens, recorded)
 
-    def _draw(self, sampling, logits: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return sample(
+    def _on_device(self, values) -> torch.Tensor:
+        """An int64 tensor of ``values`` on the engine's device, copied without waiting for it."""
+        return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
+
+    def _draw(self, sampling, logits: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, rows=None):
+        return sample_deferred(
             logits, weights, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
             seed=keys[0], row_keys=keys[1], step=keys[2], plausibility_alpha=self.config.plausibility_alpha,
-            vocab_size=self.vocab_size, backend=self.backend,
+            vocab_size=self.vocab_size, backend=self.backend, rows=rows,
         )  # fmt: skip
 
     @staticmethod

@@ -7,9 +7,11 @@ distribution per sample; ``sample`` draws a token from it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from steer.ops import dispatch, validate
+from steer.ops import dispatch, errors, validate
 from steer.ops.dispatch import backends
 
 
@@ -87,6 +89,63 @@ def sample(
         logprobs [B] float32 are the chosen tokens' log-probabilities under the distribution they
         were drawn from (for temperature=0: the filtered distribution at temperature 1).
     """
+    tokens, logprobs, _ = _sample(
+        logits, weights, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, generator=generator,
+        row_keys=row_keys, step=step, backend=backend, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha,
+        defer_errors=False,
+    )  # fmt: skip
+    return (tokens, logprobs) if return_logprobs else tokens
+
+
+@dataclass(frozen=True)
+class DeferredSample:
+    """What ``sample_deferred`` returns: the drawn tokens and log-probabilities (on the logits'
+    device, maybe not computed yet) and the sampler's recorded errors, not yet read (None where
+    the backend checked its input on the host and would have raised already)."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    errors: errors.RecordedErrors | None
+
+
+def sample_deferred(logits: torch.Tensor, weights, *, rows=None, **options) -> DeferredSample:
+    """``sample`` (same arguments but ``return_logprobs``) without reading anything back from the
+    device: a GPU kernel records NaN / +inf / empty-row errors in a device buffer instead of
+    raising, and ``read_tokens`` reads that buffer together with the tokens, in one transfer.
+    Backends that run on the host (cpp, torch) raise at once, as ``sample`` does.
+
+    ``rows``: the batch rows that these logits' rows stand for, when they are a sub-batch, so that
+    an error names the caller's row."""
+    try:
+        tokens, logprobs, recorded = _sample(logits, weights, defer_errors=True, **options)
+    except errors.LogitsError as error:  # a host backend raised: name the caller's row
+        if rows is None:
+            raise
+        raise error.for_rows(rows) from None
+    if recorded is not None and rows is not None:
+        recorded = errors.RecordedErrors(recorded.buffer, recorded.untouched, recorded.num_streams, tuple(rows))
+    return DeferredSample(tokens, logprobs, recorded)
+
+
+def read_tokens(tokens: torch.Tensor, recorded=()) -> list[int]:
+    """``tokens.tolist()`` and every error buffer of ``recorded`` (``DeferredSample.errors``; None
+    entries skipped) in one device-to-host transfer: a decode step's one host synchronisation.
+    Raises the shared ValueError of the first recorded error."""
+    pending = [r for r in recorded if r is not None]
+    if not pending:
+        return tokens.tolist()
+    values = torch.cat([tokens.to(torch.int64).flatten()] + [r.buffer for r in pending]).tolist()
+    count = tokens.numel()
+    for index, record in enumerate(pending):
+        record.raise_if_any(values[count + 3 * index: count + 3 * index + 3])
+    return values[:count]
+
+
+def _sample(
+    logits, weights, *, temperature=1.0, top_k=0, top_p=1.0, seed=None, generator=None, row_keys=None, step=0,
+    backend="auto", vocab_size=None, plausibility_alpha=0.0, defer_errors: bool,
+):  # fmt: skip
+    """(tokens, logprobs, recorded errors or None) of validated input, from the resolved backend."""
     weights, vocab_size = validate.prepare_combine_inputs(logits, weights, vocab_size, plausibility_alpha)
     validate.check_sampling_parameters(temperature, top_k, top_p)
     batch = logits.shape[0]
@@ -95,22 +154,15 @@ def sample(
     )
     impl = dispatch.resolve(backend, "sample", logits.device)
     if batch == 0:
-        tokens = torch.empty(0, dtype=torch.long, device=logits.device)
-        logprobs = torch.empty(0, dtype=torch.float32, device=logits.device)
-    else:
-        tokens, logprobs = impl.sample(
-            logits,
-            weights,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seeds=seeds,
-            row_keys=keys,
-            steps=steps,
-            vocab_size=vocab_size,
-            plausibility_alpha=plausibility_alpha,
-        )
-    return (tokens, logprobs) if return_logprobs else tokens
+        empty = torch.empty(0, dtype=torch.long, device=logits.device)
+        return empty, torch.empty(0, dtype=torch.float32, device=logits.device), None
+    options = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, row_keys=keys, steps=steps,
+        vocab_size=vocab_size, plausibility_alpha=plausibility_alpha,
+    )  # fmt: skip
+    if defer_errors and hasattr(impl, "sample_deferred"):
+        return impl.sample_deferred(logits, weights, **options)
+    return (*impl.sample(logits, weights, **options), None)
 
 
-__all__ = ["backends", "combine", "sample"]
+__all__ = ["DeferredSample", "backends", "combine", "read_tokens", "sample", "sample_deferred"]

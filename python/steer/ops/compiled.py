@@ -41,7 +41,8 @@ def native_buffers(logits: torch.Tensor, weights: torch.Tensor) -> tuple[torch.T
 
 def kernel_weights(weights: torch.Tensor, device) -> torch.Tensor:
     """float32 weights [B, K] on ``device`` with unit stride along K, as every kernel reads them."""
-    weights = weights.to(device=device, dtype=torch.float32)
+    # non_blocking: a host tensor's copy to a GPU does not wait for the work queued there.
+    weights = weights.to(device=device, dtype=torch.float32, non_blocking=True)
     if weights.shape[1] > 1 and weights.stride(1) != 1:
         weights = weights.contiguous()
     return weights

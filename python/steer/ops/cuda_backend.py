@@ -33,16 +33,14 @@ def _device_of(logits: torch.Tensor) -> torch.device:
     return logits.device
 
 
+def _recorded(err: torch.Tensor, num_streams: int) -> errors.RecordedErrors:
+    return errors.RecordedErrors(err, _NO_ERROR, num_streams)
+
+
 def _raise_recorded_errors(err: torch.Tensor, num_streams: int) -> None:
     if torch.cuda.is_current_stream_capturing():
         return
-    nan_key, posinf_key, empty_row = err.tolist()  # keys are row * K + stream
-    if nan_key != _NO_ERROR:
-        raise errors.nan_in_logits(*divmod(nan_key, num_streams))
-    if posinf_key != _NO_ERROR:
-        raise errors.posinf_in_logits(*divmod(posinf_key, num_streams))
-    if empty_row != _NO_ERROR:
-        raise errors.no_finite_token(empty_row)
+    _recorded(err, num_streams).raise_if_any()
 
 
 def combine(
@@ -78,7 +76,7 @@ def _stride(values: torch.Tensor) -> int:
     return values.stride(0) if values.dim() == 1 and values.shape[0] > 1 else 0
 
 
-def sample(
+def sample_deferred(
     logits: torch.Tensor,
     weights: torch.Tensor,
     *,
@@ -90,8 +88,9 @@ def sample(
     steps: torch.Tensor,
     vocab_size: int,
     plausibility_alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [B] int64, their log-probabilities [B] float32) drawn by the fused CUDA sampler.
+) -> tuple[torch.Tensor, torch.Tensor, errors.RecordedErrors]:
+    """(tokens [B] int64, their log-probabilities [B] float32, the kernel's errors unread) drawn by
+    the fused CUDA sampler, without a host synchronisation.
 
     The same tokens as ``steer.reference.sample`` (same Philox noise, same filters): see
     steer/sample_cuda.h and csrc/cuda/kernels.cuh.
@@ -117,5 +116,12 @@ def sample(
             tokens.data_ptr(), logprobs.data_ptr(), workspace.data_ptr(), workspace.numel(), err.data_ptr(),
             torch.cuda.current_stream(device).cuda_stream,
         )  # fmt: skip
-    _raise_recorded_errors(err, num_streams)
+    return tokens, logprobs, _recorded(err, num_streams)
+
+
+def sample(logits: torch.Tensor, weights: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sample_deferred``, then its errors read back (one host synchronisation) and raised."""
+    tokens, logprobs, recorded = sample_deferred(logits, weights, **options)
+    if not torch.cuda.is_current_stream_capturing():
+        recorded.raise_if_any()
     return tokens, logprobs

@@ -18,6 +18,8 @@ import os
 
 import torch
 
+from steer.ops import errors
+
 DEVICE_TYPES: tuple[str, ...] = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 
 
@@ -51,7 +53,7 @@ def combine(logits, weights, *, normalize: bool, vocab_size: int, plausibility_a
     )
 
 
-def sample(
+def sample_deferred(
     logits,
     weights,
     *,
@@ -63,21 +65,35 @@ def sample(
     steps: torch.Tensor,
     vocab_size: int,
     plausibility_alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [B], log-probabilities [B]) drawn exactly as ``steer.reference.sample`` draws them."""
+):
+    """(tokens [B], log-probabilities [B], the kernels' errors unread) drawn exactly as
+    ``steer.reference.sample`` draws them, without a host synchronisation."""
     import steer_kernels
+    from steer_kernels import streams
 
     _check_device(logits)
     device = logits.device
-    return steer_kernels.sample(
+    tokens = torch.empty(logits.shape[0], dtype=torch.int64, device=device)
+    logprobs = torch.empty(logits.shape[0], dtype=torch.float32, device=device)
+    err = steer_kernels.new_error_buffer(device)
+    steer_kernels.launch_sample(
         logits,
-        weights.to(device=device, dtype=torch.float32),
-        seeds=seeds.to(device=device, dtype=torch.int64),
-        row_keys=row_keys.to(device=device, dtype=torch.int64),
-        steps=steps.to(device=device, dtype=torch.int64),
+        weights.to(device=device, dtype=torch.float32, non_blocking=True),
+        *(values.to(device=device, dtype=torch.int64, non_blocking=True) for values in (seeds, row_keys, steps)),
+        tokens,
+        logprobs,
+        err,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         vocab_size=vocab_size,
         plausibility_alpha=plausibility_alpha,
     )
+    return tokens, logprobs, errors.RecordedErrors(err, streams.NO_ERROR, logits.shape[1])
+
+
+def sample(logits, weights, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [B], log-probabilities [B]); the errors read back (one host synchronisation) and raised."""
+    tokens, logprobs, recorded = sample_deferred(logits, weights, **options)
+    recorded.raise_if_any()
+    return tokens, logprobs
