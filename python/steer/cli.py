@@ -4,6 +4,7 @@
     steer eval       the paper's metrics of a synthetic set against the real one, plots, report.html
     steer sweep      a gamma x eta grid: the diversity-coherency trade-off as a table and a plot
     steer demo       generate + eval on the bundled demo models and real examples, offline
+    steer serve      an OpenAI-compatible HTTP server that samples with STEER
     steer info       version and the backends usable on this machine
 
 Parsing lives here; the work is in ``steer.data`` and ``steer.demo``. Bad input raises DataError
@@ -64,7 +65,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-pickle", action="store_true", help="also load pickle weights (pytorch_model.bin, adapter_model.bin), with torch.load(weights_only=True); default: safetensors only")
 
 
-def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, serve: bool = False) -> None:
     group = parser.add_argument_group("STEER and sampling")
     if not sweep:
         group.add_argument("--gamma", type=float, default=0.2, help="weight of the expert-vs-base contrast (default 0.2)")
@@ -80,8 +81,9 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False) 
     run.add_argument("--batch-size", type=int, default=16, help="samples decoded at once (default 16)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
-    run.add_argument("--keep-duplicates", action="store_true", help="keep samples that repeat an earlier sample's text (default: drop them and sample again)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    if not serve:
+        run.add_argument("--keep-duplicates", action="store_true", help="keep samples that repeat an earlier sample's text (default: drop them and sample again)")
+        run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _steer_config(args: argparse.Namespace, gamma: float, eta: float):
@@ -196,6 +198,64 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, embedder=args.embedder, quiet=args.quiet)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Load the models and the real examples, check the options, then serve until SIGTERM."""
+    from steer.data.io import DataError, read_texts
+    from steer.data.models import ModelSources, load_models, load_tokenizer, pick_device, pick_dtype
+
+    try:
+        from steer.serving.app import ServeSettings, create_app
+        from steer.serving.server import serve
+    except ImportError as error:
+        raise ImportError(f"steer serve needs the serve extra ({error.name} is missing): pip install -e \".[serve]\"") from None
+    if args.expert is None and args.base is not None:
+        raise DataError("--base needs --expert (without both, the bundled demo models are used)")
+    if args.expert is not None and args.real is None:
+        raise DataError("--expert needs --real: the real examples that start the negative pools")
+    for option in ("max_waiting", "batch_size", "max_n", "max_pools"):
+        value = getattr(args, option)
+        if value < 1:
+            raise DataError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    if not 0 <= args.port < 65536:
+        raise DataError(f"--port must be in [0, 65536), got {args.port}")
+    config = _steer_config(args, args.gamma, args.eta)
+    if args.expert is None:
+        from steer.demo.models import demo_base_dir, demo_expert_dir, demo_real_examples
+
+        expert, base = str(demo_expert_dir()), str(demo_base_dir())
+        real_texts = demo_real_examples()
+    else:
+        expert, base = args.expert, args.base
+        real_texts = read_texts(args.real, args.text_field)
+    if not real_texts:
+        raise DataError("the real set is empty: the negative pools start from it")
+    template = args.chat_template.read_text(encoding="utf-8") if args.chat_template is not None else None
+    sources = ModelSources.resolve(expert, base, needs_base=config.gamma != 0, allow_pickle=args.allow_pickle)
+    tokenizer = load_tokenizer(sources)
+    if template is not None:
+        tokenizer.chat_template = template
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    from steer.engine.engine import SteerEngine
+    from steer.engine.models import unsupported_reason
+
+    expert_model, base_model = load_models(sources, dtype=dtype)
+    reason = unsupported_reason(expert_model, None)
+    if reason is not None:
+        raise DataError(f"steer serve runs models the engine runs: {reason}")
+    streams = 2 + max(config.num_negatives, 1)  # prompt, base and up to num_negatives negative streams per sample
+    vocab = min(len(tokenizer), expert_model.get_output_embeddings().weight.shape[0])
+    engine = SteerEngine(expert_model, base_model, config=config, device=device, dtype=dtype,
+                         max_batch_rows=args.batch_size * streams, vocab_size=vocab)  # fmt: skip
+    settings = ServeSettings(
+        model_name=args.served_model_name or (Path(expert).name if args.expert else "steer-demo"), config=config,
+        max_waiting=args.max_waiting, api_key=args.api_key, max_n=args.max_n, max_pools=args.max_pools,
+        seed=args.seed,
+    )  # fmt: skip
+    app = create_app(engine, tokenizer, real_texts, settings)
+    return serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout)
+
+
 # -- parser -------------------------------------------------------------------------------------------
 
 
@@ -252,6 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_eval_options(demo)
     demo.set_defaults(run=_demo)
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server that samples with STEER",
+                                description="Serve /v1/completions and /v1/chat/completions with STEER (gamma, eta, negatives, num_negatives, negative_mode and pool as extra body fields), continuous batching across clients, /metrics, /health. Needs the serve extra.")
+    _add_model_options(serve)
+    serve.add_argument("--chat-template", type=Path, help="a Jinja chat template file for /v1/chat/completions (default: the tokenizer's own)")
+    net = serve.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
+    net.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0 picks a free one, announced on stdout)")
+    net.add_argument("--api-key", default=os.environ.get("STEER_API_KEY"), help="require 'Authorization: Bearer KEY' on every route but /health (default: $STEER_API_KEY, else none)")
+    net.add_argument("--served-model-name", help="the model id of /v1/models and of the responses (default: the expert's directory name)")
+    net.add_argument("--max-waiting", type=int, default=256, help="engine requests that may wait for a batch slot; more are answered 429 (default 256)")
+    net.add_argument("--max-n", type=int, default=16, help="most choices (n x prompts) in one request (default 16)")
+    net.add_argument("--max-pools", type=int, default=64, help="most named negative pools (default 64)")
+    net.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them (default 30)")
+    _add_steer_options(serve, serve=True)
+    serve.set_defaults(run=_serve)
     return parser
 
 
@@ -282,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_help()
-        print(f"{parser.prog}: error: no command given: choose one of info, generate, eval, sweep, demo (see {parser.prog} --help)", file=sys.stderr)
+        print(f"{parser.prog}: error: no command given: choose one of info, generate, eval, sweep, demo, serve (see {parser.prog} --help)", file=sys.stderr)
         return 2
     from steer.data.io import DataError
 

@@ -28,7 +28,7 @@ from steer.config import SteerConfig
 from steer.data.io import DataError, texts_digest
 from steer.data.models import ModelSources, load_models, load_tokenizer, pick_device, pick_dtype
 from steer.data.output import existing_records, journal_path, open_output, output_format
-from steer.engine.pool import NegativePool
+from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_separator
 
 # Settings that must match between a run and the run that resumes it.
 RUN_FIELDS = (
@@ -122,8 +122,7 @@ def _example_budget(max_positions: int | None, config: SteerConfig, prefix: int,
     if max_positions is None or config.eta == 0:
         return None
     per_stream = _examples_per_stream(config)
-    room = max_positions - config.max_new_tokens - prefix
-    budget = room // per_stream - separator
+    budget = example_budget(max_positions, config.max_new_tokens, prefix, separator, per_stream)
     if budget < 1:
         raise DataError(
             f"the model's context ({max_positions} tokens) cannot hold {per_stream} negative example(s) plus "
@@ -159,7 +158,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
     _check_fits_the_model(sources, tokenizer, prompt_ids, config)
     eos = tokenizer.eos_token_id
     # Between examples of a negative context: end one example and begin the next one as the prompt does.
-    separator_ids = ([eos] if eos is not None else list(tokenizer("\n", add_special_tokens=False)["input_ids"])) + prompt_ids
+    separator_ids = example_separator(prompt_ids, eos, tokenizer("\n", add_special_tokens=False)["input_ids"])
     budget = _example_budget(sources.max_positions(), config, len(prompt_ids), len(separator_ids))
     real_token_ids, truncated = [], 0
     for index, text in enumerate(request.real_texts):
@@ -233,13 +232,13 @@ class SyntheticPool(NegativePool):
         self.tokenizer, self.keep_duplicates = tokenizer, plan.request.keep_duplicates
         self.labels = [f"real:{i}" for i in range(len(plan.real_token_ids))]
         self.labels += [f"synthetic:{r['id']}" for r, s in zip(existing, synthetic) if s]
-        self.seen = {_normalise(r["text"]) for r in existing}
+        self.seen = {dedupe_key(r["text"]) for r in existing}
         self.next_id = max((r["id"] for r in existing), default=-1) + 1
         self.accepted_text: str | None = None
 
     def add(self, tokens: list[int]) -> int:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        key = _normalise(text)
+        key = dedupe_key(text)
         if not key or (not self.keep_duplicates and key in self.seen):
             self.accepted_text = None
             return -1
@@ -250,10 +249,6 @@ class SyntheticPool(NegativePool):
 
     def _fit(self, tokens) -> list[int]:
         return list(tokens)[: self.budget] if self.budget is not None else list(tokens)
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split()).lower()
 
 
 class Progress:

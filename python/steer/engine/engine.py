@@ -385,6 +385,12 @@ class SteerEngine:
         self.scheduler.check_fits(group)
         return group
 
+    def check_request(self, request: Request) -> None:
+        """The checks of ``add_request`` (a ValueError naming the first bad field) without queueing
+        anything. They read only what the engine was built with, so a server's handler thread may
+        call this while the engine's own thread steps it."""
+        self._group(request, None, group_id=0, seed=0)
+
     def _check_request(self, request: Request, where: str = "") -> None:
         """What only the engine can check (Request has checked the types): every id and the EOS in
         the model's vocabulary, every stream it will run within the model's context, a base for

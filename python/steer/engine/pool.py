@@ -59,13 +59,39 @@ class NegativePool:
         return len(self.examples) - 1
 
     def negative_streams(self, indices: list[int], mode: str) -> list[list[int]]:
-        """The expert's negative contexts for these examples: one stream of them joined by the
-        separator ("concat", the paper's), or one stream each ("separate"); each framed by the
-        prefix and suffix."""
-        chosen = [self.examples[i] for i in indices]
-        if mode == "separate":
-            return [self.prefix + example + self.suffix for example in chosen]
-        joined = list(self.prefix) + list(chosen[0])
-        for example in chosen[1:]:
-            joined += self.separator + example
-        return [joined + self.suffix]
+        """The expert's negative contexts for these examples (``frame_examples`` with this pool's
+        prefix, separator and suffix)."""
+        return frame_examples([self.examples[i] for i in indices], mode, self.prefix, self.separator, self.suffix)
+
+
+def frame_examples(examples, mode: str, prefix, separator, suffix) -> list[list[int]]:
+    """Negative contexts of these examples: one stream of them joined by the separator
+    ("concat", the paper's), or one stream each ("separate"); each framed by prefix and suffix."""
+    if mode == "separate":
+        return [list(prefix) + list(example) + list(suffix) for example in examples]
+    joined = list(prefix) + list(examples[0])
+    for example in examples[1:]:
+        joined += list(separator) + list(example)
+    return [joined + list(suffix)]
+
+
+def example_separator(prompt_ids: Sequence[int], eos_token_id: int | None, newline_ids: Sequence[int]) -> list[int]:
+    """What ends one example and begins the next in a negative context: EOS (or, for a tokenizer
+    without one, a newline's ids), then the prompt again, as the model saw its training data."""
+    return ([eos_token_id] if eos_token_id is not None else list(newline_ids)) + list(prompt_ids)
+
+
+def example_budget(
+    max_positions: int | None, max_new_tokens: int, prefix: int, separator: int, examples_per_stream: int
+) -> int | None:
+    """Most tokens of one example so that a negative context of ``examples_per_stream`` examples
+    (framed by a prefix and separators of these lengths) plus the generated tokens fits in
+    ``max_positions``; None when the model states no limit. Below 1: nothing fits."""
+    if max_positions is None:
+        return None
+    return (max_positions - max_new_tokens - prefix) // examples_per_stream - separator
+
+
+def dedupe_key(text: str) -> str:
+    """What two samples share when they count as the same text: their words, lower-cased."""
+    return " ".join(text.split()).lower()
