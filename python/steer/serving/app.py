@@ -83,7 +83,7 @@ def create_app(engine, tokenizer, real_texts: list[str], settings: ServeSettings
     pools = Pools([ids for ids, _ in kept], [text for _, text in kept], max_pools=settings.max_pools,
                   max_examples=settings.max_pool_examples, seed=settings.seed)  # fmt: skip
     loop = EngineLoop(engine, max_waiting=settings.max_waiting)
-    state = ServerState(loop, tokenizer, pools, settings, ServerMetrics(loop.stats))
+    state = ServerState(loop, tokenizer, pools, settings, ServerMetrics(loop.stats, pools.sizes))
     app = FastAPI(title="steer serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.steer = state
     _install_error_handlers(app)

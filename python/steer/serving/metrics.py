@@ -3,7 +3,7 @@ in a registry of the app's own (two apps in one process do not share counters).
 
 Gauges, read from the engine loop's stats at each scrape: ``steer_requests_running`` and
 ``steer_requests_waiting`` (engine requests: a completion with ``n`` choices is ``n`` of them),
-``steer_kv_blocks_used`` and ``steer_kv_blocks_total``. Counters: ``steer_requests_total`` (HTTP
+``steer_kv_blocks_used`` and ``steer_kv_blocks_total``, ``steer_pool_examples{pool=...}``. Counters: ``steer_requests_total`` (HTTP
 completion requests answered, by endpoint and status code), ``steer_prompt_tokens_total``,
 ``steer_generation_tokens_total``, ``steer_engine_step_errors_total``. Histograms:
 ``steer_request_latency_seconds`` (a completion request from arrival to its last byte) and
@@ -19,11 +19,15 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0,
 
 
 class _LoopCollector:
-    def __init__(self, stats) -> None:
-        self.stats = stats
+    def __init__(self, stats, pool_sizes) -> None:
+        self.stats, self.pool_sizes = stats, pool_sizes
 
     def collect(self):
         stats = self.stats
+        pools = GaugeMetricFamily("steer_pool_examples", "examples in each negative pool", labels=["pool"])
+        for name, size in self.pool_sizes():
+            pools.add_metric([name], size)
+        yield pools
         yield GaugeMetricFamily("steer_requests_running", "engine requests decoding now", value=stats.running)
         yield GaugeMetricFamily("steer_requests_waiting", "engine requests accepted and not yet decoding", value=stats.waiting)
         yield GaugeMetricFamily("steer_kv_blocks_used", "paged KV blocks held by requests", value=stats.kv_blocks_used)
@@ -32,9 +36,9 @@ class _LoopCollector:
 
 
 class ServerMetrics:
-    def __init__(self, stats) -> None:
+    def __init__(self, stats, pool_sizes) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_LoopCollector(stats))
+        self.registry.register(_LoopCollector(stats, pool_sizes))
         self.requests = Counter("steer_requests", "completion requests answered", ["endpoint", "status"], registry=self.registry)
         self.prompt_tokens = Counter("steer_prompt_tokens", "prompt tokens of answered requests", registry=self.registry)
         self.generation_tokens = Counter("steer_generation_tokens", "tokens generated", registry=self.registry)

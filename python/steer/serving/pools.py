@@ -57,6 +57,10 @@ class Pools:
         self.max_pools, self.max_examples, self.seed = max_pools, max_examples, seed
         self.pools: dict[str, Pool] = {}
 
+    def sizes(self) -> list[tuple[str, int]]:
+        """(name, examples) of every pool (read by /metrics; a snapshot, safe from another thread)."""
+        return [(name, len(pool)) for name, pool in list(self.pools.items())]
+
     def get(self, name: str) -> Pool:
         pool = self.pools.get(name)
         if pool is None:

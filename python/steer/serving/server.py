@@ -10,6 +10,7 @@ the engine loop stops, and the process exits 0.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 
@@ -24,6 +25,10 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.engine_loop.stop_admitting()
         super().handle_exit(sig, frame)
+
+
+def _after_shutdown(sig, frame) -> None:
+    """The signal uvicorn raises again after its graceful shutdown: already handled."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -50,6 +55,10 @@ def serve(app, *, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: f
     shown = f"[{host}]" if ":" in host else host
     print(f"steer serve: {state.settings.model_name} on http://{shown}:{real_port}/v1 (Ctrl-C or SIGTERM stops it)",
           file=announce or sys.stdout, flush=True)  # fmt: skip
+    # uvicorn catches SIGTERM / SIGINT for its graceful shutdown and, once done, raises the signal
+    # again for the handler that was there before: a no-op one, so that the process exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_shutdown)
     try:
         server.run(sockets=[sock])
     finally:
