@@ -4,11 +4,7 @@ started by these tests (the bundled demo models) and stopped by SIGTERM, which m
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,40 +14,29 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from steer.serving.process import ServeProcess  # noqa: E402
+
 START_SECONDS = 120  # model loading on a busy 2-core machine
 STOP_SECONDS = 60
 MODEL = "steer-demo"
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 
 
-class Server:
-    """``steer serve`` in a subprocess; ``url`` once it has announced its port."""
+class Server(ServeProcess):
+    """steer serve with a chat template, plus what the tests read from it."""
 
     def __init__(self, tmp_path, *args: str) -> None:
         template = tmp_path / "chat.jinja"
         template.write_text(CHAT_TEMPLATE)
-        command = [sys.executable, "-m", "steer.cli", "serve", "--port", "0", "--chat-template", str(template), *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.url = self._announced_url()
-
-    def _announced_url(self) -> str:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            match = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", line)
-            if match:
-                return match.group(1)
-            if not line and self.process.poll() is not None:
-                break
-        self.process.kill()
-        raise AssertionError(f"steer serve did not start: {self.process.stderr.read()[-3000:]}")
+        super().__init__(["--chat-template", str(template), *args], start_timeout=START_SECONDS,
+                         stop_timeout=STOP_SECONDS, threads=1)  # fmt: skip
+        self.start()
 
     def client(self, **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "none"), max_retries=0, timeout=120, **kwargs)
+        return openai.OpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "none"), max_retries=0, timeout=120, **kwargs)
 
     def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=300)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key="none", max_retries=0, timeout=300)
 
     def metrics(self) -> dict[str, float]:
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
@@ -62,22 +47,12 @@ class Server:
                 values[name] = float(value)
         return values
 
-    def stop(self) -> int:
-        """SIGTERM, and the exit code (the server must exit by itself, 0)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_SECONDS)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     running = Server(tmp_path_factory.mktemp("serve"), "--max-new-tokens", "24", "--batch-size", "32")
     yield running
-    assert running.stop() == 0, running.process.stderr.read()[-3000:]
+    assert running.stop() == 0, running.stderr[-3000:]
 
 
 def idle(server: Server, timeout: float = 30.0) -> dict[str, float]:
