@@ -212,7 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise DataError("--base needs --expert (without both, the bundled demo models are used)")
     if args.expert is not None and args.real is None:
         raise DataError("--expert needs --real: the real examples that start the negative pools")
-    for option in ("max_waiting", "batch_size", "max_n", "max_pools"):
+    for option in ("max_waiting", "batch_size", "max_n", "max_pools", "max_request_bytes"):
         value = getattr(args, option)
         if value < 1:
             raise DataError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
@@ -250,7 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         model_name=args.served_model_name or (Path(expert).name if args.expert else "steer-demo"), config=config,
         max_waiting=args.max_waiting, api_key=args.api_key, max_n=args.max_n, max_pools=args.max_pools,
-        seed=args.seed,
+        max_request_bytes=args.max_request_bytes, seed=args.seed,
     )  # fmt: skip
     app = create_app(engine, tokenizer, real_texts, settings)
     return serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout)
@@ -325,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--max-waiting", type=int, default=256, help="engine requests that may wait for a batch slot; more are answered 429 (default 256)")
     net.add_argument("--max-n", type=int, default=16, help="most choices (n x prompts) in one request (default 16)")
     net.add_argument("--max-pools", type=int, default=64, help="most named negative pools (default 64)")
+    net.add_argument("--max-request-bytes", type=int, default=2**20, help="largest request body; more is answered 413 (default 1 MiB)")
     net.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them (default 30)")
     _add_steer_options(serve, serve=True)
     serve.set_defaults(run=_serve)

@@ -253,6 +253,22 @@ def test_bad_json_and_missing_prompt(server):
         assert "error" in response.json()
 
 
+def test_a_body_over_the_limit_is_a_413(server):
+    big = _json({"prompt": "x" * (2**20 + 10)})
+    response = httpx.post(f"{server.url}/v1/completions", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+    def chunked():  # no content-length: counted as it arrives
+        for _ in range(40):
+            yield b"x" * 2**15
+
+    response = httpx.post(f"{server.url}/v1/completions", content=chunked(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    small = httpx.post(f"{server.url}/v1/completions", content=iter([_json({"prompt": "", "max_tokens": 2}).encode()]),
+                       headers={"content-type": "application/json"})  # fmt: skip
+    assert small.status_code == 200, small.text
+
+
 def test_the_client_sees_a_400_as_bad_request(server):
     with pytest.raises(openai.BadRequestError, match="top_p"):
         server.client().completions.create(model=MODEL, prompt="", top_p=3.0)

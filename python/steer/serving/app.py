@@ -33,7 +33,7 @@ from steer.serving.pools import Pool, Pools
 from steer.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
 from steer.serving.text import TextStream
 
-DISCONNECT_POLL_SECONDS = 0.25
+DISCONNECT_POLL_SECONDS = 0.5  # how soon a vanished client's requests are aborted
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,60 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _install_guards(app: FastAPI, settings: ServeSettings) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if settings.api_key is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                error = APIError(401, "a valid API key is needed: send 'Authorization: Bearer <key>'", code="invalid_api_key")
-                return JSONResponse(error.body(), status_code=401)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
-            error = APIError(413, f"the body is over this server's limit of {settings.max_request_bytes} bytes", code="body_too_large")
-            return JSONResponse(error.body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(_Guard, settings=settings)
+
+
+class _Guard:
+    """The API key (every route but /health) and the body size limit, as plain ASGI middleware
+    (Starlette's BaseHTTPMiddleware costs every request, and every disconnect poll, a task)."""
+
+    def __init__(self, app, settings: ServeSettings) -> None:
+        self.app, self.settings = app, settings
+        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key is not None else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.expected is not None and scope.get("path") != "/health":
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                return await _reply(send, APIError(401, "a valid API key is needed: send 'Authorization: Bearer <key>'",
+                                                   code="invalid_api_key"))  # fmt: skip
+        limit = self.settings.max_request_bytes
+        too_large = APIError(413, f"the body is over this server's limit of {limit} bytes", code="body_too_large")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                return await _reply(send, too_large)
+            return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # a chunked body: read it up to the limit, then hand it on
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await _reply(send, too_large)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _reply(send, error: APIError) -> None:
+    payload = json.dumps(error.body()).encode()
+    await send({"type": "http.response.start", "status": error.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": payload})
 
 
 # -- routes -----------------------------------------------------------------------------------------
