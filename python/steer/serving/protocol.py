@@ -86,6 +86,8 @@ class SamplingFields(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict | None = None
     logprobs: object = None
+    top_logprobs: StrictInt | None = None
+    response_format: dict | None = None
     # STEER
     gamma: float | None = None
     eta: float | None = None
@@ -135,8 +137,10 @@ class SamplingFields(BaseModel):
                 raise ValueError(f"{name} is not supported by steer serve (only 0)")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by steer serve")
-        if self.logprobs not in (None, False, 0):
+        if self.logprobs not in (None, False, 0) or self.top_logprobs not in (None, 0):
             raise ValueError("logprobs are not supported by steer serve")
+        if self.response_format not in (None, {"type": "text"}):
+            raise ValueError("response_format: steer serve returns text only ({'type': 'text'})")
         if self.negatives is not None and self.pool is not None:
             raise ValueError("give negatives or pool, not both: the negatives of a request come from one of them")
         if self.stream_options is not None and not self.stream:
