@@ -16,7 +16,6 @@ loop goes on with later requests.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -92,27 +91,38 @@ class EngineLoop:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                while not (self._incoming or self._aborts or self._stopping or self.engine.has_unfinished_requests()):
-                    self._lock.wait()
-                incoming, self._incoming = list(self._incoming), deque()
-                aborts, self._aborts = list(self._aborts), deque()
-                stopping = self._stopping
-            if stopping:
-                sinks = [item[2] for item in incoming] + list(self._sinks.values())
-                self._fail_all(sinks, RuntimeError("the server shut down before this request finished"))
-                return
-            for request_id in aborts:
-                if self.engine.abort_request(request_id):
-                    self._sinks.pop(request_id, None)
-            for request_id, request, sink in incoming:
-                try:
-                    self.engine.add_request(request, request_id=request_id)
-                except ValueError as error:
-                    sink.fail(error)
-                    continue
-                self._sinks[request_id] = sink
-            self._step()
+            try:
+                if not self._iteration():
+                    return
+            except Exception as error:  # a bug of ours: fail what is held, never leave the thread
+                self._fail_all(list(self._sinks.values()), RuntimeError(f"the engine loop failed ({type(error).__name__}: {error})"))
+                self._refresh_stats()
+
+    def _iteration(self) -> bool:
+        """Admit, abort, step once; False once the loop is stopped."""
+        with self._lock:
+            while not (self._incoming or self._aborts or self._stopping or self.engine.has_unfinished_requests()):
+                self._lock.wait()
+            incoming, self._incoming = list(self._incoming), deque()
+            aborts, self._aborts = list(self._aborts), deque()
+            stopping = self._stopping
+        if stopping:
+            sinks = [item[2] for item in incoming] + list(self._sinks.values())
+            self._fail_all(sinks, RuntimeError("the server shut down before this request finished"))
+            return False
+        for request_id in aborts:
+            if self.engine.abort_request(request_id):
+                self._sinks.pop(request_id, None)
+        for request_id, request, sink in incoming:
+            try:
+                self.engine.add_request(request, request_id=request_id)
+            except Exception as error:  # ValueError: checked in the handler already, so rare
+                sink.fail(error)
+                continue
+            self._sinks[request_id] = sink
+        self._refresh_stats()  # the admitted requests count as waiting while the step runs
+        self._step()
+        return True
 
     def _step(self) -> None:
         if not self.engine.has_unfinished_requests():
@@ -122,8 +132,7 @@ class EngineLoop:
             outputs = self.engine.step()
         except Exception as error:  # the engine dropped every request it held, blocks freed
             self.stats.step_errors += 1
-            sinks, self._sinks = list(self._sinks.values()), {}
-            self._fail_all(sinks, RuntimeError(f"the engine failed on a step ({type(error).__name__}: {error})"))
+            self._fail_all(list(self._sinks.values()), RuntimeError(f"the engine failed on a step ({type(error).__name__}: {error})"))
             self._refresh_stats()
             return
         self._refresh_stats()
@@ -142,22 +151,10 @@ class EngineLoop:
         self.stats.steps += 1
 
     def _fail_all(self, sinks, error: Exception) -> None:
-        for sink in sinks:
-            sink.fail(error)
-        self._release_everything()
-
-    def _release_everything(self) -> None:
-        """After a stop or a failed step: nothing may stay admitted."""
+        """After a stop or a failure: nothing stays admitted (blocks freed), every sink is told."""
         for request_id in list(self._sinks):
             self.engine.abort_request(request_id)
         self._sinks.clear()
+        for sink in sinks:
+            sink.fail(error)
 
-
-def wait_for(condition, timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``condition`` until true or ``timeout`` seconds pass (shutdown, tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
