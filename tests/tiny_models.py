@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 VOCAB = 96
@@ -71,9 +83,54 @@ def tiny_gpt2(seed: int = 0, vocab_size: int = VOCAB):
     return _finish(GPT2LMHeadModel(config))
 
 
+def tiny_llama3(seed: int = 0, vocab_size: int = VOCAB):
+    """Llama 3.1's rope scaling (factor 8, low / high frequency factors)."""
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0}  # fmt: skip
+    return _llama_like(LlamaConfig, LlamaForCausalLM, seed, vocab_size, rope_parameters=rope)
+
+
+def tiny_qwen3(seed: int = 0, vocab_size: int = VOCAB):
+    """Qwen3: q/k norms per head; a full first layer and a WINDOW-key second one."""
+    return _llama_like(Qwen3Config, Qwen3ForCausalLM, seed, vocab_size, head_dim=8, use_sliding_window=True,
+                       sliding_window=WINDOW, max_window_layers=1)  # fmt: skip
+
+
+def tiny_gemma2(seed: int = 0, vocab_size: int = VOCAB):
+    """Gemma 2: a WINDOW-key layer then a global one, attention and final-logit soft caps, pre- and
+    post-norms, scaled embeddings, query_pre_attn_scalar."""
+    return _llama_like(Gemma2Config, Gemma2ForCausalLM, seed, vocab_size, head_dim=8, sliding_window=WINDOW,
+                       attn_logit_softcapping=3.0, final_logit_softcapping=5.0, query_pre_attn_scalar=8)  # fmt: skip
+
+
+def tiny_gemma3(seed: int = 0, vocab_size: int = VOCAB):
+    """Gemma 3 text: q/k norms, a local (WINDOW keys, its own rope base) and a global layer."""
+    return _llama_like(Gemma3TextConfig, Gemma3ForCausalLM, seed, vocab_size, head_dim=8, sliding_window=WINDOW,
+                       query_pre_attn_scalar=8, layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+
+
+def tiny_phi3(seed: int = 0, vocab_size: int = VOCAB):
+    """Phi-3: fused qkv and gate-up projections, a WINDOW-key window."""
+    return _llama_like(Phi3Config, Phi3ForCausalLM, seed, vocab_size, sliding_window=WINDOW)
+
+
+def tiny_olmo2(seed: int = 0, vocab_size: int = VOCAB):
+    """OLMo 2: post-norms only, q/k norms over the whole projection."""
+    return _llama_like(Olmo2Config, Olmo2ForCausalLM, seed, vocab_size)
+
+
+def tiny_smollm3(seed: int = 0, vocab_size: int = VOCAB):
+    """SmolLM3: its second layer without rotary positions."""
+    return _llama_like(SmolLM3Config, SmolLM3ForCausalLM, seed, vocab_size, no_rope_layers=[1, 0])
+
+
 BUILDERS = {
     "gpt2": tiny_gpt2, "llama": tiny_llama, "qwen2": tiny_qwen2, "mistral": tiny_mistral, "qwen2_windowed": tiny_qwen2_windowed,
+    "llama3": tiny_llama3, "qwen3": tiny_qwen3, "gemma2": tiny_gemma2, "gemma3": tiny_gemma3, "phi3": tiny_phi3,
+    "olmo2": tiny_olmo2, "smollm3": tiny_smollm3,
 }
+# The families the engine runs through their own transformers layers (engine/models/hf_layers.py).
+HF_LAYER_ARCHS = ["qwen3", "gemma2", "gemma3", "phi3", "olmo2", "smollm3"]
 
 
 def expert_and_base(arch: str):
@@ -96,6 +153,13 @@ LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
     "qwen2": ["q_proj", "v_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "llama3": ["q_proj", "v_proj", "down_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # LoRA on the fused modules
+    "olmo2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "smollm3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 
 

@@ -27,7 +27,7 @@ def test_buckets_cover_every_batch_up_to_the_row_limit():
 
 
 @pytest.mark.parametrize("kind", ["separate", "lora"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "gemma2", "phi3"])
 def test_padded_static_decode_batches_give_the_eager_tokens(arch, kind):
     models = expert_and_base(arch) if kind == "separate" else (lora_expert_and_base(arch)[0],)
     config = SteerConfig(gamma=0.5, eta=0.5, temperature=0.0, max_new_tokens=NEW)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import EOS, PAD, expert_and_base, left_padded
+from tiny_models import EOS, HF_LAYER_ARCHS, PAD, expert_and_base, left_padded
 
 from steer import SteerConfig
 from steer.engine.engine import SteerEngine
@@ -18,7 +18,7 @@ def requests(eos=EOS):
     return [Request(p, n, NEW, eos_token_id=eos) for p, n in zip(PROMPTS, NEGATIVES)]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral", "qwen2_windowed"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama3", "qwen2", "mistral", "qwen2_windowed", *HF_LAYER_ARCHS])
 @pytest.mark.parametrize("gamma, eta", [(0.5, 0.6), (0.0, 0.8), (0.7, 0.0)])
 def test_greedy_engine_is_the_formula_for_a_mixed_batch(arch, gamma, eta):
     expert, base = expert_and_base(arch)

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import EOS, lora_expert_and_base, tiny_llama
+from tiny_models import EOS, HF_LAYER_ARCHS, lora_expert_and_base, tiny_llama
 
 from steer import SteerConfig
 from steer.engine.engine import SteerEngine
@@ -33,7 +33,7 @@ def assert_is_the_formula(results, expert, base, gamma, eta):
         assert result.token_ids == want.tolist(), f"row {row}"
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama3", "qwen2", *HF_LAYER_ARCHS])
 def test_lora_expert_without_base_is_the_formula_in_one_forward_per_step(arch, monkeypatch):
     expert, base = lora_expert_and_base(arch)
     config = SteerConfig(gamma=0.6, eta=0.5, temperature=0.0, max_new_tokens=NEW)

@@ -56,6 +56,9 @@ class ModelRunner:
                 runner.lm_head(head_input, adapter_rows, out=out)
             else:  # a head padded past the other model's (its extra columns are never sampled), or another dtype
                 out.copy_(runner.lm_head(head_input, adapter_rows)[:, :vocab])
+            cap = runner.logit_soft_cap
+            if cap:  # Gemma's final soft cap, which its LM head forward applies: cap * tanh(logits / cap)
+                out.div_(cap).tanh_().mul_(cap)
         return buffer.permute(1, 0, 2)
 
     def _forward_all(self, groups):

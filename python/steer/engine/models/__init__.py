@@ -7,11 +7,11 @@ the final-normed hidden state after each row's last new token.
 
 from __future__ import annotations
 
-from steer.engine.models import gpt2, llama
+from steer.engine.models import gpt2, hf_layers, llama
 from steer.model_info import hf_module
 
-FAMILIES = {model_type: module for module in (llama, gpt2) for model_type in module.MODEL_TYPES}
-RUNNERS = {llama: llama.LlamaFamilyRunner, gpt2: gpt2.GPT2Runner}
+FAMILIES = {model_type: module for module in (llama, gpt2, hf_layers) for model_type in module.MODEL_TYPES}
+RUNNERS = {llama: llama.LlamaFamilyRunner, gpt2: gpt2.GPT2Runner, hf_layers: hf_layers.HFLayersRunner}
 
 
 def supported_model_types() -> tuple[str, ...]:

@@ -49,6 +49,7 @@ class GPT2Runner:
         self.lm_head = read(model.lm_head, "lm_head")
         read.check_all_adapters_covered()
         self.has_adapters = read.has_adapters
+        self.logit_soft_cap = None  # no final logit soft cap in this family
 
     def _attention(self, index: int, layer: GPT2Layer, x, attention, batch, adapter_tokens: int):
         tokens = x.shape[0]

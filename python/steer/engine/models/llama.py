@@ -68,6 +68,7 @@ class LlamaFamilyRunner:
         self.lm_head = read(model.lm_head, "lm_head")
         read.check_all_adapters_covered()
         self.has_adapters = read.has_adapters
+        self.logit_soft_cap = None  # no final logit soft cap in this family
 
     def _attention(self, index: int, layer: LlamaLayer, x, cos, sin, attention, batch, adapter_tokens: int):
         tokens = x.shape[0]
