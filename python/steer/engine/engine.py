@@ -69,7 +69,8 @@ class RequestOutput:
 
 
 class SteerEngine:
-    """Batched STEER decoding of Hugging Face causal LMs (Llama family, GPT-2).
+    """Batched STEER decoding of Hugging Face causal LMs: Llama 2 / 3.x, Mistral, Qwen2, Qwen3,
+    Gemma 2, Gemma 3 (text), Phi-3, OLMo 2, SmolLM3 and GPT-2 (``steer.engine.models``).
 
     Args:
         expert: the fine-tuned model: a transformers causal LM, or a PEFT model with LoRA adapters.
