@@ -50,28 +50,30 @@ def save_expert_and_base(root: Path, *, tokenizer=None) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def save_lora_adapter(root: Path, base_dir: Path) -> Path:
-    """A random LoRA adapter over ``base_dir`` (its adapter_config names base_dir)."""
+def save_lora_adapter(root: Path, base_dir: Path, targets=("q_proj", "v_proj", "down_proj")) -> Path:
+    """A random LoRA adapter over ``base_dir`` (its adapter_config names base_dir) on ``targets``."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(3)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False))
     path = root / "adapter"
     model.save_pretrained(path)
     return path
 
 
 def _tiny_config(arch: str, vocab_size: int):
-    """A tiny random config of a family the engine has no forward for (or runs only without its
-    sliding window): each small enough to build in milliseconds."""
+    """A tiny random config of a family (OPT and GPT-NeoX: the engine has no forward for them):
+    each small enough to build in milliseconds."""
     import transformers
 
     common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "opt":
         return transformers.OPTConfig(**common, ffn_dim=64, word_embed_proj_dim=32)
+    if arch == "gpt_neox":
+        return transformers.GPTNeoXConfig(**common, intermediate_size=64)
     common.update(intermediate_size=64, num_key_value_heads=2)
     configs = {
         "qwen3": lambda: transformers.Qwen3Config(**common, head_dim=8),

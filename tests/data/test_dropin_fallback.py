@@ -25,7 +25,7 @@ def real(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "phi3", "opt"])
+@pytest.mark.parametrize("arch", ["opt", "gpt_neox"])
 def test_an_architecture_without_an_engine_forward_generates_and_resumes(tmp_path, capsys, real, arch):
     expert, base = save_model_pair(tmp_path, arch)
     capsys.readouterr()  # saving prints progress bars
@@ -41,9 +41,23 @@ def test_an_architecture_without_an_engine_forward_generates_and_resumes(tmp_pat
     assert all(r["text"].strip() and len(r["negative_ids"]) == 5 for r in rows)
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "phi3"])
+def test_the_families_run_by_their_own_layers_generate_on_the_engine(tmp_path, capsys, real, arch):
+    """Qwen3, Gemma 2 and Phi-3 were drop-in architectures; the engine runs them now: no notice."""
+    expert, base = save_model_pair(tmp_path, arch)
+    capsys.readouterr()
+    out = tmp_path / "out.jsonl"
+    common = ["generate", "--expert", str(expert), "--base", str(base), "--real", str(real), "--out", str(out), *FAST]
+    assert main([*common, "--n", "3"]) == 0
+    assert "drop-in" not in capsys.readouterr().err
+    assert main([*common, "--n", "5", "--resume"]) == 0
+    rows = records(out)
+    assert [r["id"] for r in rows] == list(range(5)) and all(r["text"].strip() for r in rows)
+
+
 def test_a_lora_expert_of_an_unsupported_architecture_runs_with_its_adapters_off_as_the_base(tmp_path, real):
-    _, base = save_model_pair(tmp_path, "qwen3")
-    adapter = save_lora_adapter(tmp_path, base)
+    _, base = save_model_pair(tmp_path, "gpt_neox")
+    adapter = save_lora_adapter(tmp_path, base, targets=("query_key_value", "dense_4h_to_h"))
     out = tmp_path / "out.jsonl"
     assert main(["generate", "--expert", str(adapter), "--real", str(real), "--out", str(out), "--n", "3", "--negative-mode", "separate", *FAST]) == 0
     assert [r["id"] for r in records(out)] == [0, 1, 2]
