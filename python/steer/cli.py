@@ -82,6 +82,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     run.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     if not serve:
+        run.add_argument("--pool-round", type=int, default=None, help="attempts per round of the negative pool (default: the batch size): an attempt draws its negatives from the pool as it stood two rounds before, so the records do not depend on the schedule; part of a run's settings")
         run.add_argument("--keep-duplicates", action="store_true", help="keep samples that repeat an earlier sample's text (default: drop them and sample again)")
         run.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -125,6 +126,7 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
         real_texts=real_texts, real_name=real_name, expert=expert, base=base, prompt=args.prompt or "",
         n=args.n, out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet, allow_pickle=args.allow_pickle,
+        pool_round=args.pool_round,
     )
 
 

@@ -48,6 +48,9 @@ def test_a_run_is_reproducible_and_resume_completes_it(models, tmp_path):
     assert generate(models, part, "--n", "10", "--resume") == 0
     rows = records(part)
     assert [r["id"] for r in rows] == list(range(10)) and len({r["text"] for r in rows}) == 10
+    # the resumed run wrote what the whole run wrote: same samples, seeds and negatives
+    keys = ("text", "seed", "negative_ids", "finish_reason")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in records(whole)]
     assert generate(models, part, "--n", "10", "--resume") == 0  # already complete: nothing to do
     assert len(records(part)) == 10
 
@@ -159,3 +162,21 @@ def test_a_full_expert_with_gamma_needs_a_base(models, tmp_path, capsys):
 def test_expert_without_real_examples_is_refused(models, capsys):
     assert main(["generate", "--expert", str(models["expert"])]) == 2
     assert "--expert needs --real" in capsys.readouterr().err
+
+
+def test_the_records_do_not_depend_on_the_batch_size_given_the_pool_round(models, tmp_path):
+    """steer.data.rounds: the schedule (how many samples decode at once) changes nothing."""
+    outs = []
+    for batch in ("1", "3", "8"):
+        out = tmp_path / f"batch{batch}.jsonl"
+        assert main(["generate", "--expert", str(models["expert"]), "--base", str(models["base"]), "--real", str(models["real"]),
+                     "--out", str(out), "--max-new-tokens", "10", "--quiet", "--n", "14", "--num-negatives", "2",
+                     "--batch-size", batch, "--pool-round", "3"]) == 0  # fmt: skip
+        outs.append([(r["text"], r["seed"], r["negative_ids"]) for r in records(out)])
+    assert outs[0] == outs[1] == outs[2]
+    assert any(label.startswith("synthetic:") for _, _, labels in outs[0] for label in labels)
+
+
+def test_a_bad_pool_round_is_refused(models, tmp_path, capsys):
+    assert generate(models, tmp_path / "o.jsonl", "--n", "2", "--pool-round", "0") == 2
+    assert "--pool-round must be a whole number >= 1" in capsys.readouterr().err

@@ -68,8 +68,17 @@ def check_output(out) -> None:
             assert kind == "real" and int(index) < len(REAL) or kind == "synthetic" and int(index) < N
 
 
+@pytest.fixture(scope="module")
+def unkilled(setup, tmp_path_factory):
+    """The records of the same run, never killed."""
+    out = tmp_path_factory.mktemp("whole") / "out.jsonl"
+    done = subprocess.run(command(setup, out), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 @pytest.mark.parametrize("trial", range(2))
-def test_sigkill_at_random_points_then_resume_gives_exactly_n_distinct_lines(setup, tmp_path, trial):
+def test_sigkill_at_random_points_then_resume_gives_exactly_n_distinct_lines(setup, tmp_path, trial, unkilled):
     rng = random.Random(trial)
     out = tmp_path / "out.jsonl"
     argv = command(setup, out)
@@ -88,3 +97,7 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_n_distinct_lines(set
     assert finished.returncode == 0, finished.stderr
     assert kills >= 1
     check_output(out)
+    # the killed-and-resumed run wrote exactly what the unkilled one did (steer.data.rounds)
+    keys = ("id", "text", "seed", "negative_ids")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in unkilled]

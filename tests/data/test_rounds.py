@@ -30,7 +30,7 @@ def acceptor():
         if not tokens or text in seen:
             return None
         seen.add(text)
-        return text
+        return text, tokens
 
     return accept, seen
 

@@ -9,7 +9,15 @@ The job, in order:
    a killed run is cut off;
 3. rebuild the negative pool: the real examples, then every synthetic sample already written, in
    order (a resumed run is pushed away from what the killed run wrote, as if it had not stopped);
-4. run the engine until the file holds ``n`` records, writing each sample as it finishes.
+4. run the engine until the file holds ``n`` records. On the engine, attempts are handed out in
+   rounds (``steer.data.rounds``): attempt k has seed ``--seed`` + k and draws its negatives, keyed
+   by (seed, k), from the pool as it stood two rounds (``--pool-round`` attempts, default the batch
+   size) before; finished attempts are
+   accepted in attempt order and written as they are accepted. So the records depend on the
+   settings alone, not on the batch size or the schedule, and a killed run resumed with
+   ``--resume`` writes exactly what it would have written unkilled. The drop-in path (models the
+   engine cannot run) draws each batch's negatives when the batch starts and writes in finishing
+   order.
 
 Each record says what produced it: the STEER settings, its seed, and the ids of the negative
 examples it was pushed away from ("real:17" is line 17 of the real set, counting from 0;
@@ -33,8 +41,11 @@ from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_
 # Settings that must match between a run and the run that resumes it.
 RUN_FIELDS = (
     "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
-    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest",
+    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round",
 )
+# Fields newer than the first record format: a record without one was written before it existed
+# (and resumes under today's default).
+LATER_FIELDS = ("pool_round",)
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
 # A record's seed is the run's seed plus its attempt number: far below this limit in any real run,
 # which keeps a resumed run's seeds (run seed < 2^62, plus offsets) below the engine's 2^63.
@@ -54,6 +65,7 @@ class GenerateRequest:
     out: Path
     config: SteerConfig  # its seed is the run's seed
     batch_size: int = 16
+    pool_round: int | None = None  # attempts per pool round (steer.data.rounds); None: batch_size
     device: str = "auto"
     dtype: str = "auto"
     resume: bool = False
@@ -83,6 +95,9 @@ def _check_request(request: GenerateRequest) -> None:
         raise DataError(f"--n must be a whole number >= 1, got {request.n!r}")
     if isinstance(request.batch_size, bool) or not isinstance(request.batch_size, int) or request.batch_size < 1:
         raise DataError(f"--batch-size must be a whole number >= 1, got {request.batch_size!r}")
+    if request.pool_round is not None and (isinstance(request.pool_round, bool) or not isinstance(request.pool_round, int)
+                                           or request.pool_round < 1):  # fmt: skip
+        raise DataError(f"--pool-round must be a whole number >= 1, got {request.pool_round!r}")
     if not request.real_texts:
         raise DataError(f"the real set {request.real_name} is empty: STEER needs real examples for its negative pool")
     if request.config.seed is None:
@@ -98,6 +113,12 @@ def _check_request(request: GenerateRequest) -> None:
             if path.exists() and path.stat().st_size > 0:
                 raise DataError(f"--out {out}: {path} already exists: pass --resume to continue that run, or choose another file (steer never overwrites)")
     pick_dtype(request.dtype, pick_device(request.device))  # both fail before any file is touched
+
+
+def pool_round(request: GenerateRequest) -> int:
+    """Attempts per round of the pool (steer.data.rounds): --pool-round, by default the batch size
+    (two rounds in flight keep one engine's batch full; a sample's pool is one to two batches stale)."""
+    return request.pool_round if request.pool_round is not None else request.batch_size
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -173,6 +194,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "negative_mode": config.negative_mode, "top_k": config.top_k, "top_p": config.top_p,
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
+        "pool_round": pool_round(request),
     }
     if request.resume:  # a file that cannot be continued is refused now, not after the models load
         check_resumable(request.out, existing_records(request.out), metadata, request.n)
@@ -195,7 +217,8 @@ def check_resumable(path: Path, existing: list[dict], metadata: dict, n: int) ->
     """DataError unless every record of ``existing`` comes from a run with ``metadata``'s settings
     and models (compared by digest, not by path), and there are no more than ``n``."""
     for number, record in enumerate(existing, start=1):
-        differing = [_difference(record, metadata, key) for key in RUN_FIELDS if record.get(key) != metadata[key]]
+        differing = [_difference(record, metadata, key) for key in RUN_FIELDS
+                     if record.get(key) != metadata[key] and not (key in LATER_FIELDS and key not in record)]  # fmt: skip
         if differing:
             raise DataError(
                 f"{path}, record {number} was written with other settings ({'; '.join(differing)}): resume with the same "
@@ -360,13 +383,13 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
         progress = Progress(request.n, len(existing), quiet=request.quiet)
         start = time.perf_counter()
         max_attempts = MAX_ATTEMPTS_PER_SAMPLE * (request.n - len(existing))
-        while summary.written < request.n:
+        from steer.engine.engine import SteerEngine
+
+        if isinstance(engine, SteerEngine):
+            _generate_in_rounds(plan, engine, existing, writer, summary, progress, max_attempts)
+        while summary.written < request.n:  # the drop-in path
             if summary.attempts >= max_attempts:
-                raise DataError(
-                    f"{summary.attempts} samples gave only {summary.written - summary.resumed_from} new distinct texts "
-                    f"({summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty): the model repeats itself; "
-                    "raise --temperature, --eta or --top-k, or pass --keep-duplicates"
-                )
+                raise _too_many_attempts(summary)
             needed = request.n - summary.written
             results = engine.run(plan.prompt_ids, needed, pool, eos_token_id=plan.eos_token_id, seed_offset=next_attempt)
             for result in results:
@@ -385,6 +408,93 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
         writer.finish()
         summary.seconds = time.perf_counter() - start
         return summary
+
+
+def _too_many_attempts(summary: GenerationSummary) -> DataError:
+    return DataError(
+        f"{summary.attempts} samples gave only {summary.written - summary.resumed_from} new distinct texts "
+        f"({summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty): the model repeats itself; "
+        "raise --temperature, --eta or --top-k, or pass --keep-duplicates"
+    )
+
+
+def _generate_in_rounds(plan: GenerationPlan, engine, existing: list[dict], writer, summary: GenerationSummary,
+                        progress: Progress, max_attempts: int) -> None:  # fmt: skip
+    """Decode attempts on the engine's step API in the order steer.data.rounds hands them out,
+    writing each accepted sample as the planner accepts it (in attempt order): the records are
+    the same whatever the schedule, and a resumed run writes what the killed one would have."""
+    from steer.data.rounds import RoundPlanner
+    from steer.engine.pool import frame_examples
+    from steer.engine.sequence import Request
+
+    request, config, tokenizer = plan.request, plan.request.config, plan.tokenizer
+    budget = plan.example_budget
+    ordered = sorted(existing, key=lambda r: r["seed"])  # an older steer wrote them in finishing order
+    seen = {dedupe_key(r["text"]) for r in existing}
+    labels = [f"real:{i}" for i in range(len(plan.real_token_ids))] + [f"synthetic:{r['id']}" for r in ordered]
+    next_id = max((r["id"] for r in existing), default=-1) + 1
+
+    def example_of(text: str) -> list[int]:
+        """What joins the pool: the text's tokens (as a resumed run re-reads them), cut to the budget."""
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return ids[:budget] if budget is not None else ids
+
+    def accept(tokens):
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        key = dedupe_key(text)
+        summary.attempts += 1
+        if not key or (not request.keep_duplicates and key in seen):
+            summary.dropped_empty += not key
+            summary.dropped_duplicates += bool(key)
+            return None
+        example = example_of(text)
+        if not example:
+            summary.dropped_empty += 1
+            return None
+        seen.add(key)
+        return text, example
+
+    planner = RoundPlanner(
+        plan.real_token_ids + [example_of(r["text"]) for r in ordered], run_seed=config.seed,
+        num_negatives=config.num_negatives if config.eta != 0 else 0, target=request.n, accept=accept,
+        accepted_attempts=[r["seed"] - config.seed for r in ordered], round_size=plan.run_metadata["pool_round"],
+    )  # fmt: skip
+    results, running = {}, {}
+    capacity = max(1, request.batch_size)
+    try:
+        while not planner.done:
+            if summary.attempts >= max_attempts:
+                raise _too_many_attempts(summary)
+            for attempt in planner.next_attempts(capacity - len(running)):
+                chosen = [planner.examples[i] for i in attempt.negatives]
+                negatives = frame_examples(chosen, config.negative_mode, plan.prompt_ids, plan.separator_ids,
+                                           plan.separator_ids) if chosen else []  # fmt: skip
+                engine.add_request(Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id,
+                                           seed=attempt.seed), request_id=attempt.index)  # fmt: skip
+                running[attempt.index] = attempt
+            if not running:
+                raise RuntimeError("the round planner handed out nothing while the run is not done")  # a bug of ours
+            for output in engine.step():
+                if not output.finished:
+                    continue
+                attempt = running.pop(output.request_id)
+                tokens = output.token_ids
+                results[attempt.index] = (tokens, output.finish_reason)
+                for accepted in planner.complete(attempt, tokens[:-1] if output.finish_reason == "eos" else tokens):
+                    full, reason = results.pop(accepted.attempt.index)
+                    writer.write({
+                        "id": next_id, "text": accepted.text, "finish_reason": reason, "num_tokens": len(full),
+                        "seed": accepted.attempt.seed, "negative_ids": [labels[i] for i in accepted.attempt.negatives],
+                        **plan.run_metadata,
+                    })  # fmt: skip
+                    labels.append(f"synthetic:{next_id}")
+                    next_id += 1
+                    summary.written += 1
+                    summary.tokens += len(full)
+                    progress.update(1, len(full))
+    finally:
+        for request_id in list(running):
+            engine.abort_request(request_id)
 
 
 def _record(plan: GenerationPlan, pool: SyntheticPool, result) -> dict:

@@ -24,7 +24,7 @@ import bisect
 import random
 from dataclasses import dataclass, field
 
-ROUND_SIZE = 64  # attempts per round: the pool a sample draws from is at most two rounds stale
+ROUND_SIZE = 64  # attempts per round by default (steer generate uses its --pool-round, default the batch size)
 _KEY_MIX = 0x9E3779B97F4A7C15  # spreads (run seed, attempt) over the generator's seed space
 
 
@@ -53,8 +53,9 @@ class _Round:
 class RoundPlanner:
     """``examples``: the real examples' token ids (pool entries 0..), then, for a resumed run, the
     accepted samples already written, with ``accepted_attempts`` their attempt indices (in order).
-    ``accept(token_ids) -> text or None`` decides a finished attempt (None: rejected); it is called
-    in attempt order. ``target``: how many accepted samples the run needs in all."""
+    ``accept(token_ids) -> (text, pool example) or None`` decides a finished attempt (None:
+    rejected; the example is what joins the pool, e.g. the tokens cut to a length budget); it is
+    called in attempt order. ``target``: how many accepted samples the run needs in all."""
 
     examples: list[list[int]]
     run_seed: int
@@ -147,9 +148,10 @@ class RoundPlanner:
             index = self.next_to_accept
             tokens = self._finished.pop(index)
             decided = self._issued.pop(index)
-            text = self.accept(tokens)
-            if text is not None:
-                self.examples.append(tokens)
+            verdict = self.accept(tokens)
+            if verdict is not None:
+                text, example = verdict
+                self.examples.append(list(example))
                 self.accepted_attempts.append(index)
                 accepted.append(Accepted(decided, tokens, text, len(self.examples) - 1))
             self.next_to_accept += 1
