@@ -386,7 +386,7 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
         from steer.engine.engine import SteerEngine
 
         if isinstance(engine, SteerEngine):
-            _generate_in_rounds(plan, engine, existing, writer, summary, progress, max_attempts)
+            _generate_in_rounds(engine, RoundRun(plan, existing, writer, summary, progress, max_attempts), request.batch_size)
         while summary.written < request.n:  # the drop-in path
             if summary.attempts >= max_attempts:
                 raise _too_many_attempts(summary)
@@ -418,80 +418,105 @@ def _too_many_attempts(summary: GenerationSummary) -> DataError:
     )
 
 
-def _generate_in_rounds(plan: GenerationPlan, engine, existing: list[dict], writer, summary: GenerationSummary,
-                        progress: Progress, max_attempts: int) -> None:  # fmt: skip
-    """Decode attempts on the engine's step API in the order steer.data.rounds hands them out,
-    writing each accepted sample as the planner accepts it (in attempt order): the records are
-    the same whatever the schedule, and a resumed run writes what the killed one would have."""
-    from steer.data.rounds import RoundPlanner
-    from steer.engine.pool import frame_examples
-    from steer.engine.sequence import Request
+class RoundRun:
+    """One run's attempts through steer.data.rounds, whoever decodes them: ``next_attempts`` and
+    ``request_of`` give the engine requests to start, ``finished`` takes a decoded attempt and
+    writes every sample it lets the planner accept (in attempt order); ``lost`` hands attempts of
+    a dead decoder out again."""
 
-    request, config, tokenizer = plan.request, plan.request.config, plan.tokenizer
-    budget = plan.example_budget
-    ordered = sorted(existing, key=lambda r: r["seed"])  # an older steer wrote them in finishing order
-    seen = {dedupe_key(r["text"]) for r in existing}
-    labels = [f"real:{i}" for i in range(len(plan.real_token_ids))] + [f"synthetic:{r['id']}" for r in ordered]
-    next_id = max((r["id"] for r in existing), default=-1) + 1
+    def __init__(self, plan: GenerationPlan, existing: list[dict], writer, summary: GenerationSummary,
+                 progress: Progress, max_attempts: int) -> None:  # fmt: skip
+        from steer.data.rounds import RoundPlanner
 
-    def example_of(text: str) -> list[int]:
+        self.plan, self.writer, self.summary, self.progress = plan, writer, summary, progress
+        self.max_attempts = max_attempts
+        config = plan.request.config
+        ordered = sorted(existing, key=lambda r: r["seed"])  # an older steer wrote them in finishing order
+        self.seen = {dedupe_key(r["text"]) for r in existing}
+        self.labels = [f"real:{i}" for i in range(len(plan.real_token_ids))] + [f"synthetic:{r['id']}" for r in ordered]
+        self.next_id = max((r["id"] for r in existing), default=-1) + 1
+        self.results: dict[int, tuple[list[int], str]] = {}
+        self.planner = RoundPlanner(
+            plan.real_token_ids + [self._example_of(r["text"]) for r in ordered], run_seed=config.seed,
+            num_negatives=config.num_negatives if config.eta != 0 else 0, target=plan.request.n, accept=self._accept,
+            accepted_attempts=[r["seed"] - config.seed for r in ordered], round_size=plan.run_metadata["pool_round"],
+        )  # fmt: skip
+
+    @property
+    def done(self) -> bool:
+        return self.planner.done
+
+    def next_attempts(self, limit: int):
+        if self.summary.attempts >= self.max_attempts:
+            raise _too_many_attempts(self.summary)
+        return self.planner.next_attempts(limit)
+
+    def lost(self, attempts) -> None:
+        self.planner.lost(attempts)
+
+    def request_of(self, attempt):
+        from steer.engine.pool import frame_examples
+        from steer.engine.sequence import Request
+
+        plan, config = self.plan, self.plan.request.config
+        chosen = [self.planner.examples[i] for i in attempt.negatives]
+        negatives = frame_examples(chosen, config.negative_mode, plan.prompt_ids, plan.separator_ids,
+                                   plan.separator_ids) if chosen else []  # fmt: skip
+        return Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id, seed=attempt.seed)
+
+    def finished(self, attempt, token_ids: list[int], finish_reason: str) -> None:
+        self.results[attempt.index] = (list(token_ids), finish_reason)
+        pool_tokens = token_ids[:-1] if finish_reason == "eos" else token_ids
+        for accepted in self.planner.complete(attempt, pool_tokens):
+            full, reason = self.results.pop(accepted.attempt.index)
+            self.writer.write({
+                "id": self.next_id, "text": accepted.text, "finish_reason": reason, "num_tokens": len(full),
+                "seed": accepted.attempt.seed, "negative_ids": [self.labels[i] for i in accepted.attempt.negatives],
+                **self.plan.run_metadata,
+            })  # fmt: skip
+            self.labels.append(f"synthetic:{self.next_id}")
+            self.next_id += 1
+            self.summary.written += 1
+            self.summary.tokens += len(full)
+            self.progress.update(1, len(full))
+
+    def _example_of(self, text: str) -> list[int]:
         """What joins the pool: the text's tokens (as a resumed run re-reads them), cut to the budget."""
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.plan.tokenizer(text, add_special_tokens=False)["input_ids"])
+        budget = self.plan.example_budget
         return ids[:budget] if budget is not None else ids
 
-    def accept(tokens):
-        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    def _accept(self, tokens):
+        text = self.plan.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         key = dedupe_key(text)
-        summary.attempts += 1
-        if not key or (not request.keep_duplicates and key in seen):
-            summary.dropped_empty += not key
-            summary.dropped_duplicates += bool(key)
+        self.summary.attempts += 1
+        if not key or (not self.plan.request.keep_duplicates and key in self.seen):
+            self.summary.dropped_empty += not key
+            self.summary.dropped_duplicates += bool(key)
             return None
-        example = example_of(text)
+        example = self._example_of(text)
         if not example:
-            summary.dropped_empty += 1
+            self.summary.dropped_empty += 1
             return None
-        seen.add(key)
+        self.seen.add(key)
         return text, example
 
-    planner = RoundPlanner(
-        plan.real_token_ids + [example_of(r["text"]) for r in ordered], run_seed=config.seed,
-        num_negatives=config.num_negatives if config.eta != 0 else 0, target=request.n, accept=accept,
-        accepted_attempts=[r["seed"] - config.seed for r in ordered], round_size=plan.run_metadata["pool_round"],
-    )  # fmt: skip
-    results, running = {}, {}
-    capacity = max(1, request.batch_size)
+
+def _generate_in_rounds(engine, run: RoundRun, batch_size: int) -> None:
+    """Decode a RoundRun's attempts on one engine's step API, up to ``batch_size`` at once: the
+    records are the same whatever the schedule, and a resumed run writes what the killed one would
+    have."""
+    running = {}
     try:
-        while not planner.done:
-            if summary.attempts >= max_attempts:
-                raise _too_many_attempts(summary)
-            for attempt in planner.next_attempts(capacity - len(running)):
-                chosen = [planner.examples[i] for i in attempt.negatives]
-                negatives = frame_examples(chosen, config.negative_mode, plan.prompt_ids, plan.separator_ids,
-                                           plan.separator_ids) if chosen else []  # fmt: skip
-                engine.add_request(Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id,
-                                           seed=attempt.seed), request_id=attempt.index)  # fmt: skip
+        while not run.done:
+            for attempt in run.next_attempts(max(1, batch_size) - len(running)):
+                engine.add_request(run.request_of(attempt), request_id=attempt.index)
                 running[attempt.index] = attempt
             if not running:
                 raise RuntimeError("the round planner handed out nothing while the run is not done")  # a bug of ours
             for output in engine.step():
-                if not output.finished:
-                    continue
-                attempt = running.pop(output.request_id)
-                tokens = output.token_ids
-                results[attempt.index] = (tokens, output.finish_reason)
-                for accepted in planner.complete(attempt, tokens[:-1] if output.finish_reason == "eos" else tokens):
-                    full, reason = results.pop(accepted.attempt.index)
-                    writer.write({
-                        "id": next_id, "text": accepted.text, "finish_reason": reason, "num_tokens": len(full),
-                        "seed": accepted.attempt.seed, "negative_ids": [labels[i] for i in accepted.attempt.negatives],
-                        **plan.run_metadata,
-                    })  # fmt: skip
-                    labels.append(f"synthetic:{next_id}")
-                    next_id += 1
-                    summary.written += 1
-                    summary.tokens += len(full)
-                    progress.update(1, len(full))
+                if output.finished:
+                    run.finished(running.pop(output.request_id), output.token_ids, output.finish_reason)
     finally:
         for request_id in list(running):
             engine.abort_request(request_id)
