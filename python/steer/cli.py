@@ -126,7 +126,8 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
         real_texts=real_texts, real_name=real_name, expert=expert, base=base, prompt=args.prompt or "",
         n=args.n, out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet, allow_pickle=args.allow_pickle,
-        pool_round=args.pool_round,
+        pool_round=args.pool_round, workers=getattr(args, "workers", None), ray_address=getattr(args, "ray_address", None),
+        threads_per_worker=getattr(args, "threads_per_worker", None), gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
     )
 
 
@@ -149,6 +150,10 @@ def _print_generation(summary) -> None:
     print(f"{summary.out}: {summary.written} samples{resumed}; {new} new in {summary.seconds:.1f} s{rate}")
     if summary.dropped_duplicates or summary.dropped_empty:
         print(f"  sampled again: {summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty")
+    if summary.workers:
+        rates = ", ".join(f"worker {i}: {w['decoded']} decoded ({w['decoded'] / max(w['seconds'], 1e-9):.1f}/s)"
+                          + (f", {w['lost']} lost and redone" if w["lost"] else "") for i, w in enumerate(summary.workers))  # fmt: skip
+        print(f"  {rates}")
     if summary.truncated_examples:
         print(f"  {summary.truncated_examples} real examples were cut to fit the model's context in negative prompts")
 
@@ -282,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", type=Path, default=Path("synthetic.jsonl"), help="output .jsonl or .parquet file (default synthetic.jsonl)")
     generate.add_argument("--resume", action="store_true", help="continue the run that wrote --out until it holds --n samples")
     _add_steer_options(generate)
+    scale = generate.add_argument_group("scale-out (Ray: pip install -e \".[ray]\")")
+    scale.add_argument("--workers", type=int, help="decode on N engine replicas (Ray actors); the records are the same as in one process")
+    scale.add_argument("--ray-address", help="an existing Ray cluster (default: a local one started for the run)")
+    scale.add_argument("--threads-per-worker", type=int, help="CPU threads of each worker (default 1)")
+    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs of each worker (default 0)")
     generate.set_defaults(run=_generate)
 
     evaluate = commands.add_parser("eval", help="metrics, plots and report.html of synthetic vs real data",

@@ -66,6 +66,10 @@ class GenerateRequest:
     config: SteerConfig  # its seed is the run's seed
     batch_size: int = 16
     pool_round: int | None = None  # attempts per pool round (steer.data.rounds); None: batch_size
+    workers: int | None = None  # decode on this many Ray actors (steer.data.distributed); None: in this process
+    ray_address: str | None = None
+    threads_per_worker: int | None = None
+    gpus_per_worker: float = 0.0
     device: str = "auto"
     dtype: str = "auto"
     resume: bool = False
@@ -95,6 +99,12 @@ def _check_request(request: GenerateRequest) -> None:
         raise DataError(f"--n must be a whole number >= 1, got {request.n!r}")
     if isinstance(request.batch_size, bool) or not isinstance(request.batch_size, int) or request.batch_size < 1:
         raise DataError(f"--batch-size must be a whole number >= 1, got {request.batch_size!r}")
+    if request.workers is not None and (isinstance(request.workers, bool) or not isinstance(request.workers, int) or request.workers < 1):
+        raise DataError(f"--workers must be a whole number >= 1, got {request.workers!r}")
+    if request.threads_per_worker is not None and request.threads_per_worker < 1:
+        raise DataError(f"--threads-per-worker must be >= 1, got {request.threads_per_worker}")
+    if not request.gpus_per_worker >= 0:
+        raise DataError(f"--gpus-per-worker must be >= 0, got {request.gpus_per_worker}")
     if request.pool_round is not None and (isinstance(request.pool_round, bool) or not isinstance(request.pool_round, int)
                                            or request.pool_round < 1):  # fmt: skip
         raise DataError(f"--pool-round must be a whole number >= 1, got {request.pool_round!r}")
@@ -319,6 +329,7 @@ class GenerationSummary:
     tokens: int
     seconds: float
     truncated_examples: int
+    workers: list | None = None  # per Ray worker: decoded, lost, seconds (--workers)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "out": str(self.out)}
@@ -335,6 +346,16 @@ def _longest_context(plan: GenerationPlan) -> int:
         per_stream = _examples_per_stream(config)
         longest = max(longest, len(plan.prompt_ids) + per_stream * (example + len(plan.separator_ids)))
     return longest + config.max_new_tokens
+
+
+def _check_engine_runs(plan: GenerationPlan) -> None:
+    """--workers decodes on engine replicas: a model the engine cannot run is refused up front."""
+    from steer.engine.models import supported_model_types
+
+    model_type = plan.sources.model_type()
+    if model_type not in supported_model_types():
+        raise DataError(f"--workers runs the steer engine, which has no forward for {model_type} models: "
+                        "run without --workers (the drop-in path)")  # fmt: skip
 
 
 def build_engine(plan: GenerationPlan, models=None, *, notice=None):
@@ -379,10 +400,21 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
         if len(existing) >= request.n:
             writer.finish()
             return summary
-        engine = engine if engine is not None else build_engine(plan, models)
         progress = Progress(request.n, len(existing), quiet=request.quiet)
         start = time.perf_counter()
         max_attempts = MAX_ATTEMPTS_PER_SAMPLE * (request.n - len(existing))
+        if request.workers is not None:
+            from steer.data.distributed import decode_on_ray
+
+            _check_engine_runs(plan)
+            run = RoundRun(plan, existing, writer, summary, progress, max_attempts)
+            summary.workers = decode_on_ray(plan, run, workers=request.workers, address=request.ray_address,
+                                            threads_per_worker=request.threads_per_worker,
+                                            gpus_per_worker=request.gpus_per_worker)["workers"]  # fmt: skip
+            writer.finish()
+            summary.seconds = time.perf_counter() - start
+            return summary
+        engine = engine if engine is not None else build_engine(plan, models)
         from steer.engine.engine import SteerEngine
 
         if isinstance(engine, SteerEngine):

@@ -208,6 +208,9 @@ class ModelSources:
     def max_positions(self) -> int | None:
         return context_length(self._config())
 
+    def model_type(self) -> str | None:
+        return self._config().get("model_type")
+
     def vocab_size(self) -> int | None:
         value = self._config().get("vocab_size")
         return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,128 @@
+"""``steer generate --workers N``: the run's attempts decoded by N engine replicas on Ray.
+
+The driver (the ``steer generate`` process) keeps everything that makes the output exactly-once:
+the round planner, the one negative pool, the acceptance in attempt order and the one writer
+(``RoundRun``, as a single-process run). The workers are Ray actors, each with its own engine
+(``--threads-per-worker`` CPU threads, or ``--gpus-per-worker`` GPUs), that only decode: the
+driver hands each up to ``--batch-size`` attempts (engine requests with their negatives already
+drawn) and calls ``advance``, which adds them to the engine, steps it until a request finishes,
+and returns the finished ones. Each worker has one call in flight at a time, so its batch stays
+full; the rounds keep two rounds' attempts available, so ``--pool-round`` should be at least
+``workers x batch size / 2`` for every worker to stay busy.
+
+A worker that dies (SIGKILL, a lost node) fails its call: its attempts go back to the planner,
+which hands them out again first with the same draws, and Ray restarts the actor. Since the
+records are a function of the settings alone (steer.data.rounds), a run on N workers writes the
+same records as on one worker or in one process, and a killed driver resumes with ``--resume``.
+A local Ray cluster is started for the run unless ``--ray-address`` names one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from steer.data.io import DataError
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise DataError('--workers runs on Ray, which is not installed: pip install -e ".[ray]"') from None
+    return ray
+
+
+class DecodeWorker:
+    """One engine replica (a Ray actor): decodes the requests the driver hands it."""
+
+    def __init__(self, plan, threads: int | None) -> None:
+        import torch
+
+        from steer.data.generate import build_engine
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.engine = build_engine(plan)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def advance(self, items: list[tuple[int, object]], max_steps: int = 64) -> list[tuple[int, list[int], str]]:
+        """Add ``items`` (attempt index, engine Request), then step until a request finishes (or
+        ``max_steps``); the finished ones as (attempt index, token ids, finish reason)."""
+        engine = self.engine
+        for index, request in items:
+            engine.add_request(request, request_id=index)
+        finished = []
+        for _ in range(max_steps):
+            if not engine.has_unfinished_requests():
+                break
+            finished += [(o.request_id, o.token_ids, o.finish_reason) for o in engine.step() if o.finished]
+            if finished:
+                break
+        return finished
+
+
+def decode_on_ray(plan, run, *, workers: int, address: str | None, threads_per_worker: int | None,
+                  gpus_per_worker: float, notice=None) -> dict:  # fmt: skip
+    """Drive ``run`` (a RoundRun) to the end on ``workers`` Ray actors; per-worker statistics."""
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address is None:
+            options["num_cpus"] = max(1, workers * (threads_per_worker or 1))
+            options["num_gpus"] = int(round(workers * gpus_per_worker)) if gpus_per_worker else 0
+        ray.init(address=address, **options)
+    try:
+        return _drive(ray, plan, run, workers, threads_per_worker, gpus_per_worker)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _drive(ray, plan, run, workers: int, threads: int | None, gpus: float) -> dict:
+    actor_class = ray.remote(DecodeWorker).options(
+        num_cpus=threads or 1, num_gpus=gpus or 0, max_restarts=-1, max_task_retries=0,
+    )  # fmt: skip
+    actors = [actor_class.remote(plan, threads) for _ in range(workers)]
+    capacity = max(1, plan.request.batch_size)
+    held: list[dict[int, object]] = [{} for _ in actors]  # per worker: attempt index -> attempt
+    calls: dict[object, int] = {}  # outstanding call -> worker
+    stats = [{"samples": 0, "lost": 0, "started": time.perf_counter()} for _ in actors]
+
+    def call(worker: int) -> None:
+        new = run.next_attempts(capacity - len(held[worker])) if not run.done else []
+        for attempt in new:
+            held[worker][attempt.index] = attempt
+        if held[worker]:
+            ref = actors[worker].advance.remote([(a.index, run.request_of(a)) for a in new])
+            calls[ref] = worker
+
+    for worker in range(workers):
+        call(worker)
+    while not run.done:
+        if not calls:
+            raise RuntimeError("no worker has anything to decode while the run is not done")  # a bug of ours
+        ready, _ = ray.wait(list(calls), num_returns=1)
+        worker = calls.pop(ready[0])
+        try:
+            finished = ray.get(ready[0])
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError):
+            run.lost(list(held[worker].values()))  # redone with the same draws, by whoever is free
+            stats[worker]["lost"] += len(held[worker])
+            held[worker].clear()
+            finished = []
+        for index, tokens, reason in finished:
+            attempt = held[worker].pop(index, None)
+            if attempt is not None:
+                run.finished(attempt, tokens, reason)
+                stats[worker]["samples"] += 1
+        for other in range(workers):  # the lost attempts, and newly available rounds, to the idle
+            if other == worker or (not held[other] and other not in calls.values()):
+                call(other)
+    for ref in calls:  # the rest is not needed (the run has its n samples)
+        ray.cancel(ref, force=False)
+    return {"workers": [{"decoded": s["samples"], "lost": s["lost"],
+                         "seconds": time.perf_counter() - s["started"]} for s in stats]}  # fmt: skip
