@@ -180,3 +180,21 @@ def test_the_records_do_not_depend_on_the_batch_size_given_the_pool_round(models
 def test_a_bad_pool_round_is_refused(models, tmp_path, capsys):
     assert generate(models, tmp_path / "o.jsonl", "--n", "2", "--pool-round", "0") == 2
     assert "--pool-round must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_workers_without_ray_say_what_to_install(models, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    out = tmp_path / "o.jsonl"
+    assert generate(models, out, "--n", "2", "--workers", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steer generate: error:") and 'pip install -e ".[ray]"' in err and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--workers", "0"), ("--threads-per-worker", "0"), ("--gpus-per-worker", "-1")])
+def test_bad_scale_out_options_are_refused(models, tmp_path, capsys, option, value):
+    extra = [option, value] if option == "--workers" else ["--workers", "1", option, value]
+    assert generate(models, tmp_path / "o.jsonl", "--n", "2", *extra) == 2
+    assert option in capsys.readouterr().err

@@ -25,7 +25,8 @@ import time
 from steer.data.io import DataError
 
 
-def _ray():
+def require_ray():
+    """The ray module, or a DataError saying what to install."""
     try:
         import ray
     except ImportError:
@@ -67,7 +68,7 @@ class DecodeWorker:
 def decode_on_ray(plan, run, *, workers: int, address: str | None, threads_per_worker: int | None,
                   gpus_per_worker: float, notice=None) -> dict:  # fmt: skip
     """Drive ``run`` (a RoundRun) to the end on ``workers`` Ray actors; per-worker statistics."""
-    ray = _ray()
+    ray = require_ray()
     started_here = not ray.is_initialized()
     if started_here:
         options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -101,6 +101,10 @@ def _check_request(request: GenerateRequest) -> None:
         raise DataError(f"--batch-size must be a whole number >= 1, got {request.batch_size!r}")
     if request.workers is not None and (isinstance(request.workers, bool) or not isinstance(request.workers, int) or request.workers < 1):
         raise DataError(f"--workers must be a whole number >= 1, got {request.workers!r}")
+    if request.workers is not None:
+        from steer.data.distributed import require_ray
+
+        require_ray()  # before any file is touched
     if request.threads_per_worker is not None and request.threads_per_worker < 1:
         raise DataError(f"--threads-per-worker must be >= 1, got {request.threads_per_worker}")
     if not request.gpus_per_worker >= 0:
