@@ -87,6 +87,14 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
         run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
+    scale = parser.add_argument_group("scale-out (Ray: pip install -e \".[ray]\")")
+    scale.add_argument("--workers", type=int, help="decode on N engine replicas (Ray actors); the records are the same as in one process")
+    scale.add_argument("--ray-address", help="an existing Ray cluster (default: a local one started for the run)")
+    scale.add_argument("--threads-per-worker", type=int, help="CPU threads of each worker (default 1)")
+    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs of each worker (default 0)")
+
+
 def _steer_config(args: argparse.Namespace, gamma: float, eta: float):
     from steer.config import SteerConfig
     from steer.data.io import DataError
@@ -287,11 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", type=Path, default=Path("synthetic.jsonl"), help="output .jsonl or .parquet file (default synthetic.jsonl)")
     generate.add_argument("--resume", action="store_true", help="continue the run that wrote --out until it holds --n samples")
     _add_steer_options(generate)
-    scale = generate.add_argument_group("scale-out (Ray: pip install -e \".[ray]\")")
-    scale.add_argument("--workers", type=int, help="decode on N engine replicas (Ray actors); the records are the same as in one process")
-    scale.add_argument("--ray-address", help="an existing Ray cluster (default: a local one started for the run)")
-    scale.add_argument("--threads-per-worker", type=int, help="CPU threads of each worker (default 1)")
-    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs of each worker (default 0)")
+    _add_scale_options(generate)
     generate.set_defaults(run=_generate)
 
     evaluate = commands.add_parser("eval", help="metrics, plots and report.html of synthetic vs real data",
@@ -312,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--n", type=int, default=100, help="samples per cell (default 100)")
     sweep.add_argument("--out", type=Path, default=Path("steer-sweep"), help="directory for the samples, table and plot (default steer-sweep)")
     _add_steer_options(sweep, sweep=True)
+    _add_scale_options(sweep)
     _add_eval_options(sweep)
     sweep.set_defaults(run=_sweep)
 

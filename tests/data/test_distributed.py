@@ -107,3 +107,18 @@ def test_a_killed_driver_resumes_to_the_same_records(models, tmp_path, single):
     assert _lines(out) < N, "the run finished before it could be killed"
     run(argv)
     assert rows(out) == single
+
+
+def test_sweep_with_workers_writes_the_cells_of_a_sweep_without(models, tmp_path):
+    real = tmp_path / "real.txt"  # evaluation wants at least 10 real texts
+    real.write_text("".join(f"{a} {b}\n" for a in ("the cat", "a dog", "my bird", "one fish") for b in ("sat", "ran", "hid")))
+
+    def sweep(out, *extra):
+        run([sys.executable, "-m", "steer.cli", "sweep", "--expert", str(models["expert"]), "--base", str(models["base"]),
+             "--real", str(real), "--gammas", "0.3", "--etas", "0,0.5", "--n", "10", "--max-new-tokens", "8",
+             "--batch-size", "3", "--out", str(out), "--embedder", "tfidf", "--quiet", *extra])  # fmt: skip
+
+    sweep(tmp_path / "local")
+    sweep(tmp_path / "ray", "--workers", "2")
+    for cell in ("gamma0.3_eta0.jsonl", "gamma0.3_eta0.5.jsonl"):
+        assert rows(tmp_path / "ray" / cell) == rows(tmp_path / "local" / cell)

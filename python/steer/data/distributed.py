@@ -69,18 +69,30 @@ def decode_on_ray(plan, run, *, workers: int, address: str | None, threads_per_w
                   gpus_per_worker: float, notice=None) -> dict:  # fmt: skip
     """Drive ``run`` (a RoundRun) to the end on ``workers`` Ray actors; per-worker statistics."""
     ray = require_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if address is None:
-            options["num_cpus"] = max(1, workers * (threads_per_worker or 1))
-            options["num_gpus"] = int(round(workers * gpus_per_worker)) if gpus_per_worker else 0
-        ray.init(address=address, **options)
+    stop = _init(ray, workers=workers, address=address, threads_per_worker=threads_per_worker, gpus_per_worker=gpus_per_worker)
     try:
         return _drive(ray, plan, run, workers, threads_per_worker, gpus_per_worker)
     finally:
-        if started_here:
-            ray.shutdown()
+        stop()
+
+
+def _init(ray, *, workers: int, address, threads_per_worker, gpus_per_worker):
+    """Connect to Ray (a local cluster sized for the workers unless ``address``), unless this
+    process already is; returns what undoes it."""
+    if ray.is_initialized():
+        return lambda: None
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address is None:
+        options["num_cpus"] = max(1, workers * (threads_per_worker or 1))
+        options["num_gpus"] = int(round(workers * gpus_per_worker)) if gpus_per_worker else 0
+    ray.init(address=address, **options)
+    return ray.shutdown
+
+
+def start_ray(request):
+    """Ray for several runs of one command (steer sweep's cells); returns what stops it."""
+    return _init(require_ray(), workers=request.workers, address=request.ray_address,
+                 threads_per_worker=request.threads_per_worker, gpus_per_worker=request.gpus_per_worker)  # fmt: skip
 
 
 def _drive(ray, plan, run, workers: int, threads: int | None, gpus: float) -> dict:

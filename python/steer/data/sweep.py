@@ -58,13 +58,20 @@ def run_sweep(request_for, gammas: list[float], etas: list[float], out_dir: Path
     models = None
     embed = make_embedder(embedder)
     rows = []
+    distributed = first.workers is not None
+    if distributed:  # one Ray cluster for the whole grid (each cell's workers load the models)
+        from steer.data.distributed import start_ray
+
+        stop_ray = start_ray(first)
     for (gamma, eta), plan in zip(cells, plans):
-        if models is None and _needs_generation(plan):
+        if models is None and not distributed and _needs_generation(plan):
             models = load_models(plans[0].sources, dtype=pick_dtype(first.dtype, pick_device(first.device)))
         print(f"cell gamma={gamma:g} eta={eta:g}: {plan.request.out}", flush=True)
         run_generation(plan, models=models)
         synthetic = read_texts(plan.request.out)
         rows.append(sweep_row(gamma, eta, evaluate(first.real_texts, synthetic, embedder=embed, seed=seed, knn=False)))
+    if distributed:
+        stop_ray()
     table = tradeoff_table_markdown(rows)
     table_path, json_path, plot_path = out_dir / "sweep.md", out_dir / "sweep.json", out_dir / "tradeoff.png"
     table_path.write_text(table + "\n")
