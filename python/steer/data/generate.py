@@ -210,6 +210,8 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
         "pool_round": pool_round(request),
     }
+    if request.workers is not None:
+        _check_engine_runs(sources)
     if request.resume:  # a file that cannot be continued is refused now, not after the models load
         check_resumable(request.out, existing_records(request.out), metadata, request.n)
     return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata, budget)
@@ -352,11 +354,11 @@ def _longest_context(plan: GenerationPlan) -> int:
     return longest + config.max_new_tokens
 
 
-def _check_engine_runs(plan: GenerationPlan) -> None:
+def _check_engine_runs(sources: ModelSources) -> None:
     """--workers decodes on engine replicas: a model the engine cannot run is refused up front."""
     from steer.engine.models import supported_model_types
 
-    model_type = plan.sources.model_type()
+    model_type = sources.model_type()
     if model_type not in supported_model_types():
         raise DataError(f"--workers runs the steer engine, which has no forward for {model_type} models: "
                         "run without --workers (the drop-in path)")  # fmt: skip
@@ -396,10 +398,6 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
 
     with open_output(request.out, check=check) as writer:
         existing = writer.existing
-        seed = request.config.seed
-        # Resume after the last seed used, so no seed and no pool draw of the killed run repeats.
-        next_attempt = max((r["seed"] - seed + 1 for r in existing), default=0)
-        pool = SyntheticPool(plan, existing, seed=seed * 1_000_003 + next_attempt)
         summary = GenerationSummary(request.out, len(existing), len(existing), 0, 0, 0, 0, 0.0, plan.truncated_examples)
         if len(existing) >= request.n:
             writer.finish()
@@ -410,40 +408,50 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
         if request.workers is not None:
             from steer.data.distributed import decode_on_ray
 
-            _check_engine_runs(plan)
             run = RoundRun(plan, existing, writer, summary, progress, max_attempts)
             summary.workers = decode_on_ray(plan, run, workers=request.workers, address=request.ray_address,
                                             threads_per_worker=request.threads_per_worker,
                                             gpus_per_worker=request.gpus_per_worker)["workers"]  # fmt: skip
-            writer.finish()
-            summary.seconds = time.perf_counter() - start
-            return summary
-        engine = engine if engine is not None else build_engine(plan, models)
-        from steer.engine.engine import SteerEngine
+        else:
+            from steer.engine.engine import SteerEngine
 
-        if isinstance(engine, SteerEngine):
-            _generate_in_rounds(engine, RoundRun(plan, existing, writer, summary, progress, max_attempts), request.batch_size)
-        while summary.written < request.n:  # the drop-in path
-            if summary.attempts >= max_attempts:
-                raise _too_many_attempts(summary)
-            needed = request.n - summary.written
-            results = engine.run(plan.prompt_ids, needed, pool, eos_token_id=plan.eos_token_id, seed_offset=next_attempt)
-            for result in results:
-                summary.attempts += 1
-                summary.tokens += len(result.token_ids)
-                if pool.accepted_text is None:
-                    empty = not pool.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
-                    summary.dropped_empty += empty
-                    summary.dropped_duplicates += not empty
-                    progress.update(0, len(result.token_ids))
-                    continue
-                writer.write(_record(plan, pool, result))
-                summary.written += 1
-                progress.update(1, len(result.token_ids))
-            next_attempt += needed
+            engine = engine if engine is not None else build_engine(plan, models)
+            if isinstance(engine, SteerEngine):
+                _generate_in_rounds(engine, RoundRun(plan, existing, writer, summary, progress, max_attempts), request.batch_size)
+            else:
+                _generate_with_dropin(plan, engine, existing, writer, summary, progress, max_attempts)
         writer.finish()
         summary.seconds = time.perf_counter() - start
         return summary
+
+
+def _generate_with_dropin(plan: GenerationPlan, engine, existing: list[dict], writer, summary: GenerationSummary,
+                          progress: Progress, max_attempts: int) -> None:  # fmt: skip
+    """The drop-in path (models the engine cannot run): batches that draw their negatives from
+    the pool as it stands when they start, written in finishing order."""
+    request = plan.request
+    seed = request.config.seed
+    # Resume after the last seed used, so no seed and no pool draw of the killed run repeats.
+    next_attempt = max((r["seed"] - seed + 1 for r in existing), default=0)
+    pool = SyntheticPool(plan, existing, seed=seed * 1_000_003 + next_attempt)
+    while summary.written < request.n:
+        if summary.attempts >= max_attempts:
+            raise _too_many_attempts(summary)
+        needed = request.n - summary.written
+        results = engine.run(plan.prompt_ids, needed, pool, eos_token_id=plan.eos_token_id, seed_offset=next_attempt)
+        for result in results:
+            summary.attempts += 1
+            summary.tokens += len(result.token_ids)
+            if pool.accepted_text is None:
+                empty = not pool.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+                summary.dropped_empty += empty
+                summary.dropped_duplicates += not empty
+                progress.update(0, len(result.token_ids))
+                continue
+            writer.write(_record(plan, pool, result))
+            summary.written += 1
+            progress.update(1, len(result.token_ids))
+        next_attempt += needed
 
 
 def _too_many_attempts(summary: GenerationSummary) -> DataError:
