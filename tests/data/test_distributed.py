@@ -86,7 +86,10 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_samples_redone(models, tmp_
             process.kill()
     assert process.returncode == 0, stderr[-3000:]
     assert rows(out) == single
-    assert "lost and redone" in stdout, stdout
+    # The kill was seen: the driver redid the dead worker's samples, or (the worker held none at
+    # that instant) Ray reported the death and restarted it. Redoing lost attempts with the same
+    # draws is tested deterministically in tests/data/test_rounds.py.
+    assert "lost and redone" in stdout or "worker died" in (stdout + stderr).lower(), stdout + stderr[-2000:]
 
 
 def test_a_killed_driver_resumes_to_the_same_records(models, tmp_path, single):
