@@ -10,8 +10,9 @@ and returns the finished ones. Each worker has one call in flight at a time, so 
 full; the rounds keep two rounds' attempts available, so ``--pool-round`` should be at least
 ``workers x batch size / 2`` for every worker to stay busy.
 
-A worker that dies (SIGKILL, a lost node) fails its call: its attempts go back to the planner,
-which hands them out again first with the same draws, and Ray restarts the actor. Since the
+A worker that dies (SIGKILL, a lost node) fails its call, or (a call sent while Ray restarts
+it) answers that it does not hold what the driver gave it: either way its attempts go back to the
+planner, which hands them out again first with the same draws, and Ray restarts the actor. Since the
 records are a function of the settings alone (steer.data.rounds), a run on N workers writes the
 same records as on one worker or in one process, and a killed driver resumes with ``--resume``.
 A local Ray cluster is started for the run unless ``--ray-address`` names one.
@@ -45,16 +46,23 @@ class DecodeWorker:
         if threads is not None:
             torch.set_num_threads(threads)
         self.engine = build_engine(plan)
+        self.active: set[int] = set()  # attempt indices added and not finished
 
     def pid(self) -> int:
         return os.getpid()
 
-    def advance(self, items: list[tuple[int, object]], max_steps: int = 64) -> list[tuple[int, list[int], str]]:
+    def advance(self, items: list[tuple[int, object]], holding: list[int] = (), max_steps: int = 64):
         """Add ``items`` (attempt index, engine Request), then step until a request finishes (or
-        ``max_steps``); the finished ones as (attempt index, token ids, finish reason)."""
+        ``max_steps``). Returns (finished, missing): the finished ones as (attempt index, token
+        ids, finish reason), and those of ``holding`` (what the driver believes this worker holds
+        from earlier calls) that it does not hold: a restarted actor lost them, and a call
+        queued while Ray restarted it runs here rather than failing, so the driver learns of the
+        loss from this answer."""
         engine = self.engine
+        missing = [index for index in holding if index not in self.active]
         for index, request in items:
             engine.add_request(request, request_id=index)
+            self.active.add(index)
         finished = []
         for _ in range(max_steps):
             if not engine.has_unfinished_requests():
@@ -62,7 +70,8 @@ class DecodeWorker:
             finished += [(o.request_id, o.token_ids, o.finish_reason) for o in engine.step() if o.finished]
             if finished:
                 break
-        return finished
+        self.active.difference_update(index for index, _, _ in finished)
+        return finished, missing
 
 
 def decode_on_ray(plan, run, *, workers: int, address: str | None, threads_per_worker: int | None,
@@ -106,12 +115,18 @@ def _drive(ray, plan, run, workers: int, threads: int | None, gpus: float) -> di
     stats = [{"samples": 0, "lost": 0, "started": time.perf_counter()} for _ in actors]
 
     def call(worker: int) -> None:
+        holding = list(held[worker])
         new = run.next_attempts(capacity - len(held[worker])) if not run.done else []
         for attempt in new:
             held[worker][attempt.index] = attempt
         if held[worker]:
-            ref = actors[worker].advance.remote([(a.index, run.request_of(a)) for a in new])
+            ref = actors[worker].advance.remote([(a.index, run.request_of(a)) for a in new], holding)
             calls[ref] = worker
+
+    def lose(worker: int, indices) -> None:
+        attempts = [held[worker].pop(index) for index in indices if index in held[worker]]
+        run.lost(attempts)  # redone with the same draws, by whoever is free
+        stats[worker]["lost"] += len(attempts)
 
     for worker in range(workers):
         call(worker)
@@ -121,12 +136,10 @@ def _drive(ray, plan, run, workers: int, threads: int | None, gpus: float) -> di
         ready, _ = ray.wait(list(calls), num_returns=1)
         worker = calls.pop(ready[0])
         try:
-            finished = ray.get(ready[0])
+            finished, missing = ray.get(ready[0])
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError):
-            run.lost(list(held[worker].values()))  # redone with the same draws, by whoever is free
-            stats[worker]["lost"] += len(held[worker])
-            held[worker].clear()
-            finished = []
+            finished, missing = [], list(held[worker])
+        lose(worker, missing)
         for index, tokens, reason in finished:
             attempt = held[worker].pop(index, None)
             if attempt is not None:
