@@ -76,6 +76,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 turns it off (default 1)")
     group.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
+    group.add_argument("--eos-exempt", action="store_true", help="score the end-of-text token by the expert-vs-base contrast alone, without the negative term, which otherwise keeps samples from ending at large eta (not in the paper)")
     group.add_argument("--seed", type=int, default=0, help="the run's seed (default 0): the k-th sample attempted uses seed + k; attempts that give an empty text or a duplicate are dropped, so the seeds in the records can skip numbers")
     run = parser.add_argument_group("running")
     run.add_argument("--batch-size", type=int, default=16, help="samples decoded at once (default 16)")
@@ -103,7 +104,7 @@ def _steer_config(args: argparse.Namespace, gamma: float, eta: float):
         return SteerConfig(
             gamma=gamma, eta=eta, num_negatives=args.num_negatives, negative_mode=args.negative_mode,
             top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens, seed=args.seed,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, eos_exempt=args.eos_exempt,
         )
     except ValueError as error:
         option = str(error).split()[0].replace("_", "-")  # "top_k must be ..." -> --top-k

@@ -103,6 +103,9 @@ class SteerConfig:
     plausibility_alpha: optional adaptive floor from Contrastive Decoding; keeps only tokens with
         lE(v) >= log(alpha) + max lE. 0 turns it off (the paper does not use it).
     rescale: divide the weights by (1 - eta) so the combined distribution is not flattened.
+    eos_exempt: score the EOS token by the contrast alone, without the negative term (the negative
+        contexts predict the end of an example too, so at eta 0.6 most samples would never end;
+        not in the paper). Needs the EOS token id where sampling happens (steer.ops.exempt).
     max_new_tokens: generation length limit per sample.
     seed: base seed for reproducible sampling (None: nondeterministic).
     """
@@ -116,6 +119,7 @@ class SteerConfig:
     temperature: float = 1.0
     plausibility_alpha: float = 0.0
     rescale: bool = False
+    eos_exempt: bool = False
     max_new_tokens: int = 64
     seed: int | None = None
 
@@ -135,6 +139,8 @@ class SteerConfig:
             raise ValueError(f"seed must be None or an int in [0, 2^62), got {self.seed!r}")  # room for per-sample offsets below 2^63
         if not isinstance(self.rescale, bool):
             raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
+        if not isinstance(self.eos_exempt, bool):
+            raise ValueError(f"eos_exempt must be a bool, got {self.eos_exempt!r}")
 
     @property
     def num_negative_streams(self) -> int:

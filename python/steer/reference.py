@@ -27,6 +27,10 @@ Edge cases, which every backend must reproduce:
   * plausibility_alpha > 0 keeps only v with lE(v) >= log(alpha) + max lE, stream 0 being the expert
     (its raw logits, before any floor).
   * A row left with no finite score -> ValueError.
+  * exempt = (tokens [B], negative streams N): row b's token tokens[b] (-1: none) gets the
+    probability the contrast of the streams outside N gives it, and the other tokens share the
+    rest in STEER's proportions (``SteerConfig(eos_exempt=True)``: the EOS token decided by expert
+    vs base alone; steer.ops.exempt folds it into the logits for every backend).
 """
 
 from __future__ import annotations
@@ -68,6 +72,34 @@ def plausible_tokens(expert_logits: torch.Tensor, alpha: float) -> torch.Tensor:
     return expert_logprobs >= best + math.log(alpha)
 
 
+def with_exempt_token(scores: torch.Tensor, streams: torch.Tensor, weights: torch.Tensor, exempt) -> torch.Tensor:
+    """``scores`` [B, V] (the STEER scores s, up to a per-row constant) with each row's exempt
+    token t given the contrast's probability, literally: p'(t) = softmax(c)(t) where
+    c = sum_{k not in N} w_k log_softmax(z_k), and the other tokens share 1 - p'(t) in the
+    proportions of softmax(s), i.e. s'(t) = log p'(t) - log(1 - p'(t)) + log sum_{v != t} e^s(v).
+    ``streams``: the floored [B, K, V] logits; rows where t is forbidden or alone are unchanged."""
+    if exempt is None:
+        return scores
+    tokens, negative = exempt
+    batch = scores.shape[0]
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=scores.device).expand(batch)
+    outside = torch.ones(streams.shape[1], dtype=torch.bool, device=scores.device)
+    outside[list(negative)] = False
+    contrast = weighted_sum(torch.log_softmax(streams, dim=-1), torch.where(outside, weights, torch.zeros_like(weights)))
+    scores = scores.clone()
+    for row in range(batch):
+        t = int(tokens[row])
+        has_negatives = bool((weights[row, ~outside] != 0).any())
+        if t < 0 or not has_negatives:
+            continue
+        p_exempt = torch.softmax(contrast[row], dim=-1)[t]
+        rest = torch.cat([scores[row, :t], scores[row, t + 1 :]])
+        new = torch.log(p_exempt) - torch.log1p(-p_exempt) + torch.logsumexp(rest, dim=0)
+        if torch.isfinite(new) and torch.isfinite(scores[row, t]):
+            scores[row, t] = new
+    return scores
+
+
 def combine(
     logits: torch.Tensor,
     weights,
@@ -76,6 +108,7 @@ def combine(
     vocab_size: int | None = None,
     plausibility_alpha: float = 0.0,
     dtype: torch.dtype = torch.float32,
+    exempt=None,
 ) -> torch.Tensor:
     """The combined STEER scores [B, V] of [B, K, V] logits, literally as the formula reads.
 
@@ -86,9 +119,10 @@ def combine(
     validate.check_no_nan_or_posinf(logits[:, :, :vocab_size])
     batch, _, padded_vocab = logits.shape
     streams = floored_logits(logits[:, :, :vocab_size], weights, dtype)
+    floored = streams
     if normalize:
         streams = torch.log_softmax(streams, dim=-1)
-    scores = weighted_sum(streams, weights)
+    scores = with_exempt_token(weighted_sum(streams, weights), floored, weights, exempt)
     if plausibility_alpha > 0:
         keep = plausible_tokens(logits[:, 0, :vocab_size].to(dtype), plausibility_alpha)
         scores = scores.masked_fill(~keep, -math.inf)
@@ -109,10 +143,11 @@ def probabilities(
     vocab_size: int | None = None,
     plausibility_alpha: float = 0.0,
     dtype: torch.dtype = torch.float64,
+    exempt=None,
 ) -> torch.Tensor:
     """The exact distribution [B, V] that ``steer.sample`` draws from (one-hot at the argmax if T=0)."""
     validate.check_sampling_parameters(temperature, top_k, top_p)
-    scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha, dtype=dtype)
+    scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha, dtype=dtype, exempt=exempt)
     if temperature == 0:
         return torch.nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(dtype)
     return torch.softmax(filter_scores(scores, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
@@ -130,13 +165,14 @@ def sample(
     top_p: float = 1.0,
     vocab_size: int | None = None,
     plausibility_alpha: float = 0.0,
+    exempt=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [B], their log-probabilities [B]) as every backend must draw them."""
-    scores = combine(logits, weights, normalize=False, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha)
+    scores = combine(logits, weights, normalize=False, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha, exempt=exempt)
     return draw(scores, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, row_keys=row_keys, steps=steps)
 
 
-def greedy(logits: torch.Tensor, weights, *, vocab_size: int | None = None, plausibility_alpha: float = 0.0) -> torch.Tensor:
+def greedy(logits: torch.Tensor, weights, *, vocab_size: int | None = None, plausibility_alpha: float = 0.0, exempt=None) -> torch.Tensor:
     """The argmax token of each row's combined score (lowest id on ties)."""
-    scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha)
+    scores = combine(logits, weights, vocab_size=vocab_size, plausibility_alpha=plausibility_alpha, exempt=exempt)
     return scores.argmax(dim=-1)

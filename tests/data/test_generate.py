@@ -104,6 +104,25 @@ def test_resume_refuses_other_settings(models, tmp_path, capsys):
     assert len(records(out)) == 2
 
 
+def test_eos_exempt_is_a_setting_of_the_run(models, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    assert generate(models, out, "--n", "3", "--eos-exempt", "--eta", "0.6") == 0
+    assert all(r["eos_exempt"] is True for r in records(out))
+    assert generate(models, out, "--n", "5", "--resume", "--eta", "0.6") == 2
+    assert "eos_exempt: file True vs now False" in capsys.readouterr().err
+    assert generate(models, out, "--n", "5", "--resume", "--eta", "0.6", "--eos-exempt") == 0
+    assert len(records(out)) == 5
+
+
+def test_records_from_before_eos_exempt_resume_without_it(models, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    assert generate(models, out, "--n", "2") == 0
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "eos_exempt"}) + "\n" for r in records(out)))
+    assert generate(models, out, "--n", "3", "--resume", "--eos-exempt") == 2
+    assert "eos_exempt: file False (written before steer recorded it) vs now True" in capsys.readouterr().err
+    assert generate(models, out, "--n", "3", "--resume") == 0
+
+
 BAD_INPUT = [
     (["--real", "{missing}"], "file not found"),
     (["--real", "{empty}"], "holds no examples"),

@@ -34,6 +34,38 @@ def test_greedy_engine_is_the_formula_for_a_mixed_batch(arch, gamma, eta):
         assert result.finish_reason == ("eos" if want[-1] == EOS else "length")
 
 
+EXEMPT_EOS = 24  # a token these random models' negatives make a difference to, in greedy decoding
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen3"])
+def test_eos_exempt_is_the_formula_without_the_negatives_at_eos(arch):
+    """A mixed batch (1 and 3 negative streams, one request with eta 0): EOS scored by the
+    contrast alone in the rows with negatives, exactly as the uncached formula with eos_exempt."""
+    expert, base = expert_and_base(arch)
+    config = SteerConfig(gamma=0.5, eta=0.8, temperature=0.0, max_new_tokens=NEW, eos_exempt=True)
+    engine = SteerEngine(expert, base, config=config, block_size=4, kv_cache_memory=2**22)
+    batch = requests(EXEMPT_EOS) + [Request(PROMPTS[0], [], NEW, eos_token_id=EXEMPT_EOS, eta=0.0)]
+    differs = 0
+    for row, result in enumerate(engine.generate(batch)):
+        eta = 0.8 if row < len(PROMPTS) else 0.0
+        negatives = [torch.tensor(n) for n in NEGATIVES[row]] if eta else []
+        want, plain = (steer_generate_uncached(expert, base, torch.tensor(batch[row].prompt_ids), negatives, gamma=0.5, eta=eta,
+                                               max_new_tokens=NEW, eos_token_id=EXEMPT_EOS, eos_exempt=exempt)
+                       for exempt in (True, False))  # fmt: skip
+        assert result.token_ids == want.tolist(), f"row {row}"
+        differs += want.tolist() != plain.tolist()
+    if arch == "llama":
+        assert differs >= 2, "the exemption changed nothing here: the test would not see it missing"
+
+
+def test_eos_exempt_needs_the_eos_token():
+    expert, base = expert_and_base("llama")
+    engine = SteerEngine(expert, base, config=SteerConfig(eos_exempt=True), block_size=4)
+    with pytest.raises(ValueError, match="eos_token_id is None, but eos_exempt needs the EOS token"):
+        engine.add_request(Request(PROMPTS[0], NEGATIVES[0], NEW))
+    engine.add_request(Request(PROMPTS[0], [], NEW, eta=0.0))  # no negatives: nothing to exempt
+
+
 def test_gamma_eta_zero_is_plain_greedy_decoding():
     expert, base = expert_and_base("llama")
     engine = SteerEngine(expert, base, config=SteerConfig(gamma=0.0, eta=0.0, num_negatives=0, temperature=0.0), block_size=4)

@@ -185,3 +185,33 @@ def test_called_directly_outside_generate():
         want = steer_generate_uncached(expert, base, prompts[row], [negatives[row]], gamma=0.5, eta=0.5, max_new_tokens=1)
         assert int(combined[row].argmax()) == int(want[0])
     torch.testing.assert_close(combined.exp().sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.0])  # with and without the base stream before the negatives
+@pytest.mark.parametrize("negatives", [CONCAT_NEGATIVES, SEPARATE_NEGATIVES], ids=["concat", "separate"])
+def test_an_exempt_eos_is_scored_without_the_negatives(gamma, negatives):
+    expert, base = expert_and_base("llama")
+    eos = 18  # a token these random models' negatives make a difference to, in each case
+    streams = as_streams(negatives)
+    processor = SteerLogitsProcessor(expert, base, streams, gamma=gamma, eta=0.8, exempt_token_id=eos)
+    ids, mask = left_padded(PROMPTS)
+    out = expert.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([processor]),
+                          max_new_tokens=NEW_TOKENS, pad_token_id=PAD, eos_token_id=eos, do_sample=False)  # fmt: skip
+    differs = 0
+    for row, prompt in enumerate(PROMPTS):
+        row_streams = streams[row] if isinstance(streams[row], list) else [streams[row]]
+        want, plain = (steer_generate_uncached(expert, base, torch.tensor(prompt), row_streams, gamma=gamma, eta=0.8,
+                                               max_new_tokens=NEW_TOKENS, eos_token_id=eos, eos_exempt=exempt)
+                       for exempt in (True, False))  # fmt: skip
+        got = out[row, ids.shape[1]:].tolist()
+        got = got[: got.index(eos) + 1] if eos in got else got
+        assert got == want.tolist(), f"row {row}"
+        differs += want.tolist() != plain.tolist()
+    assert differs >= 1, "the exemption changed nothing here: the test would not see it missing"
+
+
+@pytest.mark.parametrize("token", [VOCAB, -1, True, 2.0])
+def test_a_bad_exempt_token_is_refused(token):
+    expert, base = expert_and_base("llama")
+    with pytest.raises(ValueError, match="exempt_token_id must be None or a token id"):
+        SteerLogitsProcessor(expert, base, as_streams(CONCAT_NEGATIVES), exempt_token_id=token)

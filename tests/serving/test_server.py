@@ -146,7 +146,9 @@ def test_ignore_eos_runs_to_the_length_limit(server):
     {"eta": 0.4, "negatives": ["a", "b c"], "negative_mode": "separate"},
     {"eta": 0.5, "num_negatives": 2, "negative_mode": "separate"},
     {"eta": 0.5, "num_negatives": 8, "pool": "fields-test"},
-], ids=["plain", "negatives", "separate", "pool-separate", "named-pool"])
+    {"eta": 0.6, "eos_exempt": True},
+    {"eta": 0.6, "eos_exempt": True, "ignore_eos": True},
+], ids=["plain", "negatives", "separate", "pool-separate", "named-pool", "eos-exempt", "eos-exempt-ignore-eos"])
 def test_steer_fields(server, fields):
     reply = server.client().completions.create(model=MODEL, prompt="", max_tokens=12, seed=17, extra_body=fields)
     assert reply.choices[0].text is not None
@@ -214,6 +216,7 @@ BAD = [
     ({"negatives": ["  "]}, "negatives"),
     ({"num_negatives": -1}, "num_negatives"),
     ({"negative_mode": "mean"}, "negative_mode"),
+    ({"eos_exempt": "yes"}, "eos_exempt"),
     ({"pool": "no spaces allowed"}, "pool"),
     ({"eta": 0.5, "num_negatives": 0}, "num_negatives"),
     ({"presence_penalty": 0.5}, None),

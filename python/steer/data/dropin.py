@@ -85,7 +85,7 @@ class DropInGenerator:
         steer = SteerLogitsProcessor(
             self.expert, self.base, [[torch.tensor(s) for s in streams] for streams in negatives] if config.eta != 0 else None,
             gamma=config.gamma, eta=config.eta, plausibility_alpha=config.plausibility_alpha, vocab_size=self.vocab_size,
-            backend=self.backend,
+            backend=self.backend, exempt_token_id=eos_token_id if config.eos_exempt else None,
         )
         draw = _CounterBasedDraw(config, seeds, len(prompt_ids), steer.vocab_size, self.backend)
         pad = eos_token_id if eos_token_id is not None else 0

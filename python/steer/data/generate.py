@@ -41,11 +41,11 @@ from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_
 # Settings that must match between a run and the run that resumes it.
 RUN_FIELDS = (
     "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
-    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round",
+    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round", "eos_exempt",
 )
-# Fields newer than the first record format: a record without one was written before it existed
-# (and resumes under today's default).
-LATER_FIELDS = ("pool_round",)
+# Fields newer than the first record format: a record without one was written before it existed,
+# with the value given here (None: whatever today's run uses, as the schedule did not change it).
+LATER_FIELDS = {"pool_round": None, "eos_exempt": False}
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
 # A record's seed is the run's seed plus its attempt number: far below this limit in any real run,
 # which keeps a resumed run's seeds (run seed < 2^62, plus offsets) below the engine's 2^63.
@@ -192,6 +192,8 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
     prompt_ids = _prompt_ids(tokenizer, request.prompt)
     _check_fits_the_model(sources, tokenizer, prompt_ids, config)
     eos = tokenizer.eos_token_id
+    if config.eos_exempt and eos is None and config.eta != 0:
+        raise DataError("--eos-exempt: the tokenizer has no end-of-text token (eos_token_id) to exempt from the negatives")
     # Between examples of a negative context: end one example and begin the next one as the prompt does.
     separator_ids = example_separator(prompt_ids, eos, tokenizer("\n", add_special_tokens=False)["input_ids"])
     budget = _example_budget(sources.max_positions(), config, len(prompt_ids), len(separator_ids))
@@ -208,7 +210,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "negative_mode": config.negative_mode, "top_k": config.top_k, "top_p": config.top_p,
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
-        "pool_round": pool_round(request),
+        "pool_round": pool_round(request), "eos_exempt": config.eos_exempt,
     }
     if request.workers is not None:
         _check_engine_runs(sources)
@@ -226,15 +228,23 @@ def _difference(record: dict, metadata: dict, key: str) -> str:
         if key not in record:
             return f"{name}: the file records no model fingerprint (written by an older steer)"
         return f"{name}: file {record.get(path_key)} (digest {record[key]}) vs now {metadata[path_key]} (digest {metadata[key]})"
+    if key not in record and key in LATER_FIELDS:
+        return f"{key}: file {LATER_FIELDS[key]!r} (written before steer recorded it) vs now {metadata[key]!r}"
     return f"{key}: file {record.get(key)!r} vs now {metadata[key]!r}"
+
+
+def _recorded(record: dict, key: str, metadata: dict):
+    """The record's value of a run setting; for a field it predates, the value it was written with."""
+    if key in record or key not in LATER_FIELDS:
+        return record.get(key)
+    return metadata[key] if LATER_FIELDS[key] is None else LATER_FIELDS[key]
 
 
 def check_resumable(path: Path, existing: list[dict], metadata: dict, n: int) -> None:
     """DataError unless every record of ``existing`` comes from a run with ``metadata``'s settings
     and models (compared by digest, not by path), and there are no more than ``n``."""
     for number, record in enumerate(existing, start=1):
-        differing = [_difference(record, metadata, key) for key in RUN_FIELDS
-                     if record.get(key) != metadata[key] and not (key in LATER_FIELDS and key not in record)]  # fmt: skip
+        differing = [_difference(record, metadata, key) for key in RUN_FIELDS if _recorded(record, key, metadata) != metadata[key]]
         if differing:
             raise DataError(
                 f"{path}, record {number} was written with other settings ({'; '.join(differing)}): resume with the same "

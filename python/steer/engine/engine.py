@@ -37,13 +37,13 @@ from steer.engine.attention import PagedAttention
 from steer.engine.block_manager import BlockManager
 from steer.engine.cuda_graph import DecodeGraphs
 from steer.engine.kv_cache import PagedKVCache
-from steer.engine.model_runner import ModelRunner, slot_weights
+from steer.engine.model_runner import ModelRunner, expert_slots, slot_weights
 from steer.engine.models import runner_for
 from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler, StepPlan
 from steer.engine.sequence import Request, SampleGroup
 from steer.model_info import context_length, shared_vocabulary_size
-from steer.ops import dispatch, read_tokens, sample_deferred
+from steer.ops import dispatch, exempt_from_negatives, read_tokens, sample_deferred
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
 
@@ -411,6 +411,8 @@ class SteerEngine:
                 self._check_stream(f"{where}negative_ids[{index}]", negative, request.max_new_tokens)
         if request.eos_token_id is not None and request.eos_token_id >= self.vocab_size:
             raise ValueError(f"{where}eos_token_id = {request.eos_token_id} {self._not_in_vocabulary()}")
+        if request.setting("eos_exempt", self.config) and eta != 0 and request.eos_token_id is None:
+            raise ValueError(f"{where}eos_token_id is None, but eos_exempt needs the EOS token to exempt it from the negatives")
 
     def _check_stream(self, name: str, tokens: list[int], max_new_tokens: int) -> None:
         """Ids below the vocabulary size (the embedding would raise an IndexError mid-forward) and
@@ -442,6 +444,10 @@ class SteerEngine:
             rows, columns = (self._on_device(values) for values in zip(*banned))
             logits[rows, 0, columns] = -math.inf
         weights = torch.tensor(slot_weights(groups, logits.shape[1]), dtype=torch.float32)
+        exempt = [g.exempt_token for g in groups]
+        if any(token >= 0 for token in exempt):  # eos_exempt: EOS scored without the negative slots
+            negative_slots = range(1, expert_slots(groups))
+            exempt_from_negatives(logits, weights, self._on_device(exempt), negative_slots, vocab_size=self.vocab_size, in_place=True)
         keys = self._on_device(
             [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]]
         )

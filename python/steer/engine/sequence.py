@@ -57,7 +57,7 @@ def _check_negative_streams(negative_ids) -> list[list[int]]:
 
 
 # What a request without its own value and without a config samples with.
-NEUTRAL_SETTINGS = {"gamma": 0.0, "eta": 0.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+NEUTRAL_SETTINGS = {"gamma": 0.0, "eta": 0.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "eos_exempt": False}
 
 
 @dataclass
@@ -74,6 +74,8 @@ class Request:
         takes the engine's ``SteerConfig``. Requests with different values share a batch.
     seed: this request's noise (its tokens are then the same in any batch); None shares the
         engine's seed, told apart by the request's position.
+    eos_exempt: score eos_token_id without the negative term (SteerConfig.eos_exempt); None
+        takes the engine's config.
     """
 
     prompt_ids: list[int]
@@ -87,6 +89,7 @@ class Request:
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    eos_exempt: bool | None = None
 
     def __post_init__(self) -> None:
         self.prompt_ids = check_token_ids("prompt_ids", self.prompt_ids)
@@ -99,6 +102,8 @@ class Request:
             raise ValueError(f"seed must be None or an int in [0, 2^63), got {self.seed!r}")
         if self.eos_token_id is not None and (not _is_int(self.eos_token_id) or self.eos_token_id < 0):
             raise ValueError(f"eos_token_id must be None or an int >= 0 (a token id), got {self.eos_token_id!r}")
+        if self.eos_exempt is not None and not isinstance(self.eos_exempt, bool):
+            raise ValueError(f"eos_exempt must be None or a bool, got {self.eos_exempt!r}")
         # Plain Python ints from here on, whatever integer type came in (numpy's, say).
         self.max_new_tokens, self.min_new_tokens = int(self.max_new_tokens), int(self.min_new_tokens)
         self.seed = None if self.seed is None else int(self.seed)
@@ -106,7 +111,7 @@ class Request:
         self._check_sampling_overrides()
 
     def setting(self, name: str, config=None):
-        """This request's gamma, eta, temperature, top_k or top_p: its own if set, else the
+        """This request's gamma, eta, temperature, top_k, top_p or eos_exempt: its own if set, else the
         config's (a SteerConfig), else the neutral value (no contrast, no negatives, plain
         sampling)."""
         value = getattr(self, name)
@@ -172,6 +177,7 @@ class SampleGroup:
     group_id: the engine's sequence number of the request (the noise's row key when the request
         has no seed of its own); request_id: the caller's name for it.
     weights: the K stream weights, from ``steer.config.stream_weights``, computed once here.
+    exempt_token: the token scored without the negative streams (its EOS, with eos_exempt), or -1.
     """
 
     group_id: int
@@ -185,6 +191,7 @@ class SampleGroup:
     status: GroupStatus = GroupStatus.WAITING
     finish_reason: str | None = None
     num_emitted: int = 0  # generated tokens already reported by a RequestOutput
+    exempt_token: int = -1
 
     @classmethod
     def for_request(
@@ -205,7 +212,10 @@ class SampleGroup:
         sampling = Sampling(
             request.setting("temperature", config), request.setting("top_k", config), request.setting("top_p", config)
         )
-        return cls(group_id, request, streams, weights, sampling, request.seed if seed is None else seed, request_id)
+        exempt = request.eos_token_id if request.setting("eos_exempt", config) and request.eos_token_id is not None else -1
+        group = cls(group_id, request, streams, weights, sampling, request.seed if seed is None else seed, request_id)
+        group.exempt_token = exempt if negatives else -1
+        return group
 
     @property
     def num_streams(self) -> int:

@@ -29,7 +29,7 @@ from steer.config import check_plausibility_alpha, check_steer_coefficients
 from steer.hf.negatives import NegativePrompts
 from steer.hf.streams import CachedStreams, left_pad
 from steer.model_info import hf_module, shared_vocabulary_size
-from steer.ops import combine
+from steer.ops import combine, exempt_from_negatives
 
 
 class _AttentionMaskRecorder:
@@ -106,6 +106,8 @@ class SteerLogitsProcessor(LogitsProcessor):
         vocab_size: the tokenizer size, needed only when expert and base LM heads are padded
             differently; ids at or beyond it are never generated.
         backend: which ``steer.combine`` backend to use.
+        exempt_token_id: a token (the EOS) scored without the negative term
+            (``SteerConfig.eos_exempt``); None exempts nothing.
 
     The base and negative streams keep their own KV caches across steps. A new ``generate`` call
     (input_ids that do not continue the previous call's) starts them afresh.
@@ -123,6 +125,7 @@ class SteerLogitsProcessor(LogitsProcessor):
         plausibility_alpha: float = 0.0,
         vocab_size: int | None = None,
         backend: str = "auto",
+        exempt_token_id: int | None = None,
     ) -> None:
         check_steer_coefficients(gamma, eta)
         check_plausibility_alpha(plausibility_alpha)
@@ -132,6 +135,10 @@ class SteerLogitsProcessor(LogitsProcessor):
         self.plausibility_alpha = float(plausibility_alpha)
         self.backend = backend
         self.vocab_size = shared_vocabulary_size(expert_model, base_model, vocab_size)
+        if exempt_token_id is not None and (isinstance(exempt_token_id, bool) or not isinstance(exempt_token_id, int)
+                                            or not 0 <= exempt_token_id < self.vocab_size):  # fmt: skip
+            raise ValueError(f"exempt_token_id must be None or a token id in [0, {self.vocab_size}), got {exempt_token_id!r}")
+        self.exempt_token_id = exempt_token_id
         if negative_input_ids is None:
             if self.eta != 0:
                 raise ValueError(f"eta={self.eta} needs negative_input_ids (pass eta=0 to use no negative prompts)")
@@ -229,9 +236,13 @@ class SteerLogitsProcessor(LogitsProcessor):
             negative_logits = auxiliary[-1][:, :vocab].to(device)
             with_zero_row = torch.cat([negative_logits, negative_logits.new_zeros(1, vocab)])
             streams.append(with_zero_row[decoding.negative_slots.to(device)])
+        stacked, weights = torch.cat(streams, dim=1), decoding.weights.to(device)
+        if self.exempt_token_id is not None and decoding.negatives is not None:
+            first_negative = 1 + (decoding.base is not None)
+            exempt_from_negatives(stacked, weights, self.exempt_token_id, range(first_negative, stacked.shape[1]), in_place=True)
         combined = combine(
-            torch.cat(streams, dim=1),
-            decoding.weights.to(device),
+            stacked,
+            weights,
             normalize=True,
             backend=self.backend,
             plausibility_alpha=self.plausibility_alpha,

@@ -36,9 +36,14 @@ def steer_generate_uncached(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    eos_exempt: bool = False,
 ) -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` for one prompt; return the new token ids (1-D, EOS kept)."""
+    """Generate up to ``max_new_tokens`` for one prompt; return the new token ids (1-D, EOS kept).
+    ``eos_exempt``: EOS is scored without the negative streams (steer.reference's ``exempt``)."""
     weights = steer_weights(gamma, eta, len(negative_streams) if eta != 0 else 0)
+    exempt = None
+    if eos_exempt and eta != 0 and eos_token_id is not None:
+        exempt = (eos_token_id, range(2, len(weights)))
     generated = torch.empty(0, dtype=torch.long)
     for _ in range(max_new_tokens):
         streams = [_last_logits(expert, torch.cat([prompt_ids, generated]))]
@@ -48,7 +53,8 @@ def steer_generate_uncached(
         vocab = min(s.shape[0] for s in streams) if vocab_size is None else vocab_size
         logits = torch.stack([s[:vocab] for s in streams]).unsqueeze(0)
         probs = reference.probabilities(
-            logits, weights, temperature=temperature, top_k=top_k, top_p=top_p, plausibility_alpha=plausibility_alpha
+            logits, weights, temperature=temperature, top_k=top_k, top_p=top_p, plausibility_alpha=plausibility_alpha,
+            exempt=exempt,
         )
         token = torch.multinomial(probs, 1, generator=generator)[0] if temperature > 0 else probs.argmax(-1)
         generated = torch.cat([generated, token])

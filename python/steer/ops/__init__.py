@@ -13,6 +13,7 @@ import torch
 
 from steer.ops import dispatch, errors, validate
 from steer.ops.dispatch import backends
+from steer.ops.exempt import exempt_from_negatives
 
 
 def combine(
@@ -165,4 +166,4 @@ def _sample(
     return (*impl.sample(logits, weights, **options), None)
 
 
-__all__ = ["DeferredSample", "backends", "combine", "read_tokens", "sample", "sample_deferred"]
+__all__ = ["DeferredSample", "backends", "combine", "exempt_from_negatives", "read_tokens", "sample", "sample_deferred"]

@@ -283,6 +283,7 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
                 prompt_ids, streams, max_tokens, eos_token_id=None if body.ignore_eos else tokenizer.eos_token_id,
                 gamma=gamma, eta=eta, temperature=_setting(body, "temperature", config), top_k=top_k,
                 top_p=_setting(body, "top_p", config), seed=seed,
+                eos_exempt=False if body.ignore_eos else _setting(body, "eos_exempt", config),  # EOS is then an ordinary token
             )  # fmt: skip
             try:
                 engine.check_request(request)

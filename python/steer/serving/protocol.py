@@ -5,7 +5,7 @@ an HTTP 400 naming the field before anything reaches the engine loop. Fields of 
 that steer does not implement are accepted only at their no-op values (a client library that
 always sends ``"logprobs": null`` still works); any other value, and any field the API does not
 have, is a 400 that says so. STEER's own fields (``gamma``, ``eta``, ``negatives``,
-``num_negatives``, ``negative_mode``, ``pool``) arrive as extra body fields, which the openai
+``num_negatives``, ``negative_mode``, ``pool``, ``eos_exempt``) arrive as extra body fields, which the openai
 client sends with ``extra_body``.
 """
 
@@ -95,6 +95,7 @@ class SamplingFields(BaseModel):
     num_negatives: StrictInt | None = Field(default=None, ge=0, le=MAX_NEGATIVES)
     negative_mode: Literal["concat", "separate"] | None = None
     pool: StrictStr | None = None
+    eos_exempt: StrictBool | None = None
 
     @field_validator("temperature", "gamma", "eta", "presence_penalty", "frequency_penalty")
     @classmethod
