@@ -76,6 +76,8 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 turns it off (default 1)")
     group.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
+    if not serve:  # a server's requests bring or draw their own negatives
+        group.add_argument("--share-negatives", type=int, default=1, help="K consecutive samples use one draw of negative examples, so their negative context is prefilled once (default 1: a draw per sample, the paper's)")
     group.add_argument("--eos-exempt", action="store_true", help="score the end-of-text token by the expert-vs-base contrast alone, without the negative term, which otherwise keeps samples from ending at large eta (not in the paper)")
     group.add_argument("--seed", type=int, default=0, help="the run's seed (default 0): the k-th sample attempted uses seed + k; attempts that give an empty text or a duplicate are dropped, so the seeds in the records can skip numbers")
     run = parser.add_argument_group("running")
@@ -105,6 +107,7 @@ def _steer_config(args: argparse.Namespace, gamma: float, eta: float):
             gamma=gamma, eta=eta, num_negatives=args.num_negatives, negative_mode=args.negative_mode,
             top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
             max_new_tokens=args.max_new_tokens, seed=args.seed, eos_exempt=args.eos_exempt,
+            share_negatives=getattr(args, "share_negatives", 1),
         )
     except ValueError as error:
         option = str(error).split()[0].replace("_", "-")  # "top_k must be ..." -> --top-k
@@ -159,6 +162,8 @@ def _print_generation(summary) -> None:
     print(f"{summary.out}: {summary.written} samples{resumed}; {new} new in {summary.seconds:.1f} s{rate}")
     if summary.dropped_duplicates or summary.dropped_empty:
         print(f"  sampled again: {summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty")
+    if summary.negative_cache_hit is not None:
+        print(f"  negative contexts: {100 * summary.negative_cache_hit:.0f}% of their tokens found in the prefix cache")
     if summary.workers:
         rates = ", ".join(f"worker {i}: {w['decoded']} decoded ({w['decoded'] / max(w['seconds'], 1e-9):.1f}/s)"
                           + (f", {w['lost']} lost and redone" if w["lost"] else "") for i, w in enumerate(summary.workers))  # fmt: skip

@@ -103,6 +103,9 @@ class SteerConfig:
     plausibility_alpha: optional adaptive floor from Contrastive Decoding; keeps only tokens with
         lE(v) >= log(alpha) + max lE. 0 turns it off (the paper does not use it).
     rescale: divide the weights by (1 - eta) so the combined distribution is not flattened.
+    share_negatives: K consecutive samples use one draw of negatives (1: a draw per sample, the
+        paper's), so their negative contexts are one cached prefix, prefilled once: the formula
+        is unchanged, the draw policy is not (fewer distinct negative sets per run).
     eos_exempt: score the EOS token by the contrast alone, without the negative term (the negative
         contexts predict the end of an example too, so at eta 0.6 most samples would never end;
         not in the paper). Needs the EOS token id where sampling happens (steer.ops.exempt).
@@ -119,6 +122,7 @@ class SteerConfig:
     temperature: float = 1.0
     plausibility_alpha: float = 0.0
     rescale: bool = False
+    share_negatives: int = 1
     eos_exempt: bool = False
     max_new_tokens: int = 64
     seed: int | None = None
@@ -139,6 +143,8 @@ class SteerConfig:
             raise ValueError(f"seed must be None or an int in [0, 2^62), got {self.seed!r}")  # room for per-sample offsets below 2^63
         if not isinstance(self.rescale, bool):
             raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
+        if isinstance(self.share_negatives, bool) or not isinstance(self.share_negatives, int) or self.share_negatives < 1:
+            raise ValueError(f"share_negatives must be an int >= 1, got {self.share_negatives!r}")
         if not isinstance(self.eos_exempt, bool):
             raise ValueError(f"eos_exempt must be a bool, got {self.eos_exempt!r}")
 

@@ -74,3 +74,17 @@ def test_the_drop_in_path_draws_the_tokens_the_engine_draws(models, tmp_path, mo
     assert main([*common, "--out", str(dropin_out)]) == 0
     assert [r["text"] for r in records(dropin_out)] == [r["text"] for r in records(engine_out)]
     assert [r["seed"] for r in records(dropin_out)] == [r["seed"] for r in records(engine_out)]
+
+
+@pytest.mark.parametrize("dropin", [False, True], ids=["engine", "drop-in"])
+def test_share_negatives_gives_each_group_of_samples_one_draw(models, tmp_path, monkeypatch, dropin):
+    if dropin:
+        monkeypatch.setattr("steer.engine.models.unsupported_reason", lambda *_: "forced for the test")
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", "--expert", str(models["expert"]), "--base", str(models["base"]), "--real", str(models["real"]),
+                 "--out", str(out), "--n", "9", "--share-negatives", "3", "--num-negatives", "2", *FAST]) == 0  # fmt: skip
+    groups = {}
+    for record in records(out):
+        assert record["share_negatives"] == 3
+        groups.setdefault(record["seed"] // 3, set()).add(tuple(record["negative_ids"]))
+    assert all(len(draws) == 1 for draws in groups.values()) and len(groups) >= 3

@@ -107,6 +107,24 @@ def test_sampling_is_reproducible_and_independent_of_the_batch():
     assert alone == [together[2], together[0]]
 
 
+def test_share_negatives_gives_a_group_of_samples_one_draw_and_one_prefill():
+    from steer.engine.pool import NegativePool
+
+    expert, base = expert_and_base("llama")
+    examples = [[20 + i, 21 + i, 22 + i, 23 + i, 24 + i, 25 + i] for i in range(0, 60, 6)]
+    rates = {}
+    for share in (1, 4):
+        config = SteerConfig(num_negatives=3, seed=7, max_new_tokens=6, share_negatives=share)
+        engine = SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=24)
+        results = list(engine.run([5, 6, 7], 12, NegativePool(examples, seed=1, separator=[3])))
+        by_group = {}
+        for result in results:
+            by_group.setdefault((result.seed - 7) // share, set()).add(result.negative_example_ids)
+        assert len(by_group) == 12 // share and all(len(draws) == 1 for draws in by_group.values())
+        rates[share] = engine.prefix_cache_stats.hit_rate("negative")
+    assert rates[4] > 0.5 > rates[1], rates  # 3 of 4 samples find the group's negative context cached
+
+
 def test_run_keeps_the_batch_full_and_grows_the_pool():
     from steer.engine.pool import NegativePool
 

@@ -68,11 +68,15 @@ class DropInGenerator:
             seed_offset: int = 0) -> Iterator[Result]:
         config = self.config
         first_seed = (config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()))) + seed_offset
-        started = 0
+        started, shared = 0, []
         while started < n:
             size = min(self.batch_size, n - started)
             seeds = [first_seed + started + row for row in range(size)]
-            drawn = [pool.draw(config.num_negatives) if config.eta != 0 else [] for _ in range(size)]
+            drawn = []
+            for row in range(size):  # a share group's samples (by sample number) take its first one's draw
+                if (started + row) % config.share_negatives == 0:
+                    shared = pool.draw(config.num_negatives) if config.eta != 0 else []
+                drawn.append(shared)
             negatives = [pool.negative_streams(d, config.negative_mode) if d else [] for d in drawn]
             for row, tokens in enumerate(self._generate(prompt_ids, negatives, seeds, eos_token_id)):
                 reason = "eos" if eos_token_id is not None and tokens[-1] == eos_token_id else "length"

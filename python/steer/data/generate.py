@@ -41,11 +41,11 @@ from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_
 # Settings that must match between a run and the run that resumes it.
 RUN_FIELDS = (
     "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
-    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round", "eos_exempt",
+    "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round", "eos_exempt", "share_negatives",
 )
 # Fields newer than the first record format: a record without one was written before it existed,
 # with the value given here (None: whatever today's run uses, as the schedule did not change it).
-LATER_FIELDS = {"pool_round": None, "eos_exempt": False}
+LATER_FIELDS = {"pool_round": None, "eos_exempt": False, "share_negatives": 1}
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
 # A record's seed is the run's seed plus its attempt number: far below this limit in any real run,
 # which keeps a resumed run's seeds (run seed < 2^62, plus offsets) below the engine's 2^63.
@@ -210,7 +210,7 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "negative_mode": config.negative_mode, "top_k": config.top_k, "top_p": config.top_p,
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
-        "pool_round": pool_round(request), "eos_exempt": config.eos_exempt,
+        "pool_round": pool_round(request), "eos_exempt": config.eos_exempt, "share_negatives": config.share_negatives,
     }
     if request.workers is not None:
         _check_engine_runs(sources)
@@ -346,6 +346,7 @@ class GenerationSummary:
     seconds: float
     truncated_examples: int
     workers: list | None = None  # per Ray worker: decoded, lost, seconds (--workers)
+    negative_cache_hit: float | None = None  # share of negative-context tokens found in the prefix cache (engine, one process)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "out": str(self.out)}
@@ -427,7 +428,11 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
 
             engine = engine if engine is not None else build_engine(plan, models)
             if isinstance(engine, SteerEngine):
+                stats = engine.prefix_cache_stats
+                before = (stats.context_tokens.get("negative", 0), stats.cached_tokens.get("negative", 0))
                 _generate_in_rounds(engine, RoundRun(plan, existing, writer, summary, progress, max_attempts), request.batch_size)
+                asked = stats.context_tokens.get("negative", 0) - before[0]
+                summary.negative_cache_hit = (stats.cached_tokens.get("negative", 0) - before[1]) / asked if asked else None
             else:
                 _generate_with_dropin(plan, engine, existing, writer, summary, progress, max_attempts)
         writer.finish()
@@ -494,6 +499,7 @@ class RoundRun:
             plan.real_token_ids + [self._example_of(r["text"]) for r in ordered], run_seed=config.seed,
             num_negatives=config.num_negatives if config.eta != 0 else 0, target=plan.request.n, accept=self._accept,
             accepted_attempts=[r["seed"] - config.seed for r in ordered], round_size=plan.run_metadata["pool_round"],
+            share=config.share_negatives,
         )  # fmt: skip
 
     @property

@@ -4,7 +4,9 @@ A dataset run is a sequence of attempts k = 0, 1, 2, ...: attempt k is seeded wi
 seed + k and belongs to round ``k // round_size``. Its negative examples are drawn, by a generator
 keyed by (run seed, k), from a *snapshot* of the pool: the real examples, then the samples
 accepted from every round up to ``r - 2`` (bounded staleness: a sample never sees the samples of
-its own round or the one before, and always sees all the others). Finished attempts are accepted
+its own round or the one before, and always sees all the others). With ``share`` = K > 1, the K
+attempts of a share group (k // K) all take the draw of its first attempt, from that attempt's
+snapshot, so their negative contexts are one cached prefix. Finished attempts are accepted
 or rejected (empty, a repeat) in attempt order, and the accepted ones are numbered in that order.
 
 So the records of a run are a function of its settings alone: one engine or many workers, any
@@ -64,10 +66,13 @@ class RoundPlanner:
     accept: object
     accepted_attempts: list[int] = field(default_factory=list)
     round_size: int = ROUND_SIZE
+    share: int = 1  # consecutive attempts that take one draw
 
     def __post_init__(self) -> None:
         if self.round_size < 1:
             raise ValueError(f"round_size must be >= 1, got {self.round_size}")
+        if self.share < 1:
+            raise ValueError(f"share must be >= 1, got {self.share}")
         self.num_real = len(self.examples) - len(self.accepted_attempts)
         if self.num_real < 1:
             raise ValueError("the pool needs at least one real example")
@@ -116,7 +121,8 @@ class RoundPlanner:
             round_index = index // self.round_size
             if not self._round_available(round_index):
                 break
-            attempt = Attempt(index, self.run_seed + index, self._draw(index, self._snapshot_size(round_index)))
+            leader = index - index % self.share  # the share group's first attempt draws for all of it
+            attempt = Attempt(index, self.run_seed + index, self._draw(leader, self._snapshot_size(leader // self.round_size)))
             self._issued[index] = attempt
             self.next_to_issue += 1
             out.append(attempt)

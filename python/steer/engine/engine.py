@@ -232,6 +232,12 @@ class SteerEngine:
     def num_unfinished_requests(self) -> int:
         return len(self._groups)
 
+    @property
+    def prefix_cache_stats(self):
+        """steer.engine.scheduler.PrefixCacheStats: per stream role, the context tokens admitted
+        and those found in the prefix cache, since the engine was made."""
+        return self.scheduler.cache_stats
+
     def step(self) -> list[RequestOutput]:
         """Decode one token for every running request (prefilling the newly admitted ones); one
         RequestOutput per request that advanced. [] when there is nothing to do.
@@ -322,11 +328,15 @@ class SteerEngine:
         negatives and seed."""
         default_seed = self._draw_seed()
         drawn: dict[int, list[int]] = {}
+        share, shared = self.config.share_negatives, None  # shared: the current share group's draw
         started = 0
         try:
             while started < n or self.scheduler.has_work:
                 while started < n and not self.scheduler.waiting:  # top up: one group waits for room
-                    request, drawn[started] = self._sample_request(template, started, pool, default_seed + seed_offset + started)
+                    if started % share == 0:
+                        shared = None
+                    request, drawn[started] = self._sample_request(template, started, pool, default_seed + seed_offset + started, shared)
+                    shared = drawn[started]
                     group = self._group(request, ("run", started), group_id=started, seed=default_seed, checked=True)
                     self._enqueue(group)
                     started += 1
@@ -340,11 +350,13 @@ class SteerEngine:
         finally:  # also when the consumer stops early: GeneratorExit arrives at the yield
             self._abort_all()
 
-    def _sample_request(self, template: Request, index: int, pool: NegativePool, seed: int) -> tuple[Request, list[int]]:
-        """Sample ``index``'s request, with negatives drawn from the pool as it stands now, and the
-        pool indices drawn."""
+    def _sample_request(self, template: Request, index: int, pool: NegativePool, seed: int,
+                        indices: list[int] | None = None) -> tuple[Request, list[int]]:  # fmt: skip
+        """Sample ``index``'s request, with negatives drawn from the pool as it stands now (or the
+        pool examples ``indices``: its share group's draw), and the pool indices used."""
         config = self.config
-        indices = pool.draw(config.num_negatives) if config.eta != 0 else []
+        if indices is None:
+            indices = pool.draw(config.num_negatives) if config.eta != 0 else []
         negatives = pool.negative_streams(indices, config.negative_mode) if indices else []
         request = dataclasses.replace(template, negative_ids=negatives, seed=seed)
         for stream, negative in enumerate(request.negative_ids):

@@ -21,10 +21,29 @@ its state; ``release_all`` frees everything (a step that raised).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from steer.engine.block_manager import BlockManager, OutOfBlocks
 from steer.engine.sequence import GroupStatus, SampleGroup
+
+
+@dataclass
+class PrefixCacheStats:
+    """Per stream role ("prompt", "base", "negative"): context tokens the admitted streams asked
+    for, and how many of them were found cached (their KV shared, not computed). A preempted
+    group counts again when it is admitted again."""
+
+    context_tokens: dict[str, int] = field(default_factory=dict)
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+
+    def add(self, role: str, context: int, cached: int) -> None:
+        self.context_tokens[role] = self.context_tokens.get(role, 0) + context
+        self.cached_tokens[role] = self.cached_tokens.get(role, 0) + cached
+
+    def hit_rate(self, role: str) -> float | None:
+        """The fraction of the role's context tokens found cached (None: no such stream yet)."""
+        asked = self.context_tokens.get(role, 0)
+        return self.cached_tokens.get(role, 0) / asked if asked else None
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,7 @@ class Scheduler:
         self.max_rows, self.max_tokens = max_rows, max_tokens
         self.waiting: deque[SampleGroup] = deque()
         self.running: list[SampleGroup] = []
+        self.cache_stats = PrefixCacheStats()
 
     # -- requests in and out -----------------------------------------------------------------------
 
@@ -148,6 +168,8 @@ class Scheduler:
         except OutOfBlocks:
             self._release(group, computed=False)  # no forward ran: their KV was never written
             return False
+        for stream in group.streams:
+            self.cache_stats.add(stream.role.value, len(stream.tokens), stream.num_computed)
         return True
 
     def _preempt_latest(self) -> None:

@@ -1,0 +1,92 @@
+"""``steer generate`` on the demo models: --share-negatives K against K = 1 and plain sampling.
+
+    python -m pytest benchmarks/test_bench_share_negatives.py -s
+
+Each contender is one whole ``steer generate`` run (200 samples, 48 new tokens at most, seed 0,
+the defaults otherwise) with the models already loaded, a fresh engine per run (so no run finds
+another's prefix cache), timed from planning to the last record written. The contenders run in
+alternating rounds (a shared, noisy host drifts in ~1 s phases): the ratios are medians of each
+round's own ratios. The ratios this is about: K = 1 over K = 16 (target >= 2x) and K = 16 over
+plain sampling (target <= 1.5x, moonshot 1.2x). Also printed: the share of negative-context
+tokens found in the prefix cache, per contender.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from timing import paired_ratio
+
+N, MAX_NEW = 200, 48
+CONTENDERS = {
+    "plain": dict(gamma=0.0, eta=0.0, num_negatives=0),
+    "K=1": dict(share_negatives=1),
+    "K=4": dict(share_negatives=4),
+    "K=16": dict(share_negatives=16),
+    "K=64": dict(share_negatives=64),
+    "separate K=1": dict(negative_mode="separate", share_negatives=1),
+    "separate K=16": dict(negative_mode="separate", share_negatives=16),
+}
+ROUNDS = 3
+
+
+def make_run(tmp_path, name: str, settings: dict, models_cache: dict):
+    from steer.config import SteerConfig
+    from steer.data.generate import GenerateRequest, build_engine, plan_generation, run_generation
+    from steer.data.models import load_models
+    from steer.demo.models import demo_base_dir, demo_expert_dir, demo_real_examples
+
+    real = demo_real_examples()
+    counter = iter(range(10**6))
+
+    def once() -> dict:
+        out = tmp_path / f"{name.replace(' ', '_').replace('=', '')}-{next(counter)}.jsonl"
+        config = SteerConfig(**{"top_k": 10, "max_new_tokens": MAX_NEW, "seed": 0, **settings})
+        request = GenerateRequest(real_texts=real, real_name="pyjokes", expert=str(demo_expert_dir()),
+                                  base=str(demo_base_dir()), prompt="", n=N, out=out, config=config, quiet=True)  # fmt: skip
+        start = time.perf_counter()
+        plan = plan_generation(request)
+        if "models" not in models_cache:
+            models_cache["models"] = load_models(plan.sources, dtype=torch.float32)
+            start = time.perf_counter()  # loading the models once is not any contender's time
+            plan = plan_generation(request)
+        summary = run_generation(plan, build_engine(plan, models_cache["models"]))
+        return {"seconds": time.perf_counter() - start, "hit": summary.negative_cache_hit, "tokens": summary.tokens}
+
+    return once
+
+
+@pytest.mark.benchmark(group="share-negatives")
+def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
+    models: dict = {}
+    runs = {name: make_run(tmp_path, name, settings, models) for name, settings in CONTENDERS.items()}
+    for run in runs.values():  # warm-up: first loads, first allocations
+        run()
+    times = {name: [] for name in runs}
+    hits, tokens = {}, {}
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            result = run()
+            times[name].append(result["seconds"])
+            hits[name], tokens[name] = result["hit"], result["tokens"]
+    benchmark.pedantic(lambda: None, rounds=1)
+    print(f"\nsteer generate --n {N} --max-new-tokens {MAX_NEW} on the demo models, {ROUNDS} alternating rounds "
+          "(models loaded once; a fresh engine per run)")  # fmt: skip
+    for name, values in times.items():
+        hit = "" if hits[name] is None else f"  negative tokens cached: {100 * hits[name]:.0f}%"
+        print(f"  {name:<14} median {statistics.median(values):5.2f} s  {[round(v, 2) for v in values]}  "
+              f"{tokens[name]} tokens{hit}")  # fmt: skip
+    ratios = {
+        "K=1 / K=16 (target >= 2x)": paired_ratio(times, "K=1", "K=16"),
+        "K=16 / plain (target <= 1.5x)": paired_ratio(times, "K=16", "plain"),
+        "K=1 / plain": paired_ratio(times, "K=1", "plain"),
+        "K=64 / plain": paired_ratio(times, "K=64", "plain"),
+        "separate K=1 / separate K=16": paired_ratio(times, "separate K=1", "separate K=16"),
+    }
+    for label, value in ratios.items():
+        print(f"  [share-negatives] {label}: {value:.2f}x")
+        benchmark.extra_info[label] = value
