@@ -6,16 +6,24 @@ For each domain, every method below generates the same number of samples with th
 same real set with the same embedding model (the metrics of ``steer eval``, docs/design.md section 2).
 Each (method, seed) is one ``steer generate`` run, so a killed experiment resumes where it stopped.
 
-Methods (docs/design.md section 2's baselines, then STEER):
+Experiments (``--experiment``), each a list of methods:
 
-    plain expert        gamma = eta = 0, T = 1, top_k = 10 (the paper's sampler, no STEER)
-    temperature 1.3     plain expert, T = 1.3
-    top-p 0.9           plain expert, top_k off, top_p = 0.9
-    contrastive only    gamma = 0.2, eta = 0
-    negatives only      gamma = 0, eta = 0.2
-    STEER (defaults)    gamma = 0.2, eta = 0.2, 5 negatives (steer's defaults)
-    STEER (eta 0.4)     gamma = 0.2, eta = 0.4, 5 negatives
-    STEER (eta 0.6)     gamma = 0.2, eta = 0.6, 10 negatives (the authors' later settings)
+    baselines (default; quality.md) docs/design.md section 2's baselines, then STEER:
+        plain expert        gamma = eta = 0, T = 1, top_k = 10 (the paper's sampler, no STEER)
+        temperature 1.3     plain expert, T = 1.3
+        top-p 0.9           plain expert, top_k off, top_p = 0.9
+        min-p 0.1 (T 1.5)   plain expert, top_k off, T = 1.5, min_p = 0.1: min-p keeps the tokens
+                            with p_T >= 0.1 max p_T, which for the expert alone is steer's
+                            plausibility floor at alpha = 0.1^1.5 (p_T ratios are p ratios^(1/T))
+        contrastive only    gamma = 0.2, eta = 0
+        negatives only      gamma = 0, eta = 0.2
+        STEER (defaults)    gamma = 0.2, eta = 0.2, 5 negatives (steer's defaults)
+        STEER (eta 0.4)     gamma = 0.2, eta = 0.4, 5 negatives
+        STEER (eta 0.6)     gamma = 0.2, eta = 0.6, 10 negatives (the authors' later settings)
+    eos (eos.md): STEER at eta 0.2, 0.4, 0.6 with and without --eos-exempt, beside plain and
+        contrastive-only sampling: how many samples end by EOS, and what the exemption costs.
+    share (share.md): STEER (defaults) with --share-negatives 1, 4, 16, 64, and in separate mode
+        with 1 and 16, beside plain sampling: generation time, prefix-cache hits and metrics.
 
 Domains:
 
@@ -49,7 +57,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-METRICS = ("normalised_3grams", "diversity", "coherency", "centroid_cosine", "authenticity_auc", "mauve", "copies_of_real")
+METRICS = ("normalised_3grams", "diversity", "coherency", "centroid_cosine", "authenticity_auc", "mauve", "copies_of_real",
+           "vendi_score", "self_bleu", "compression_ratio", "self_repetition")
 
 
 @dataclass(frozen=True)
@@ -58,16 +67,36 @@ class Method:
     settings: dict  # SteerConfig keyword arguments on top of the shared ones
 
 
+PLAIN = Method("plain expert", dict(gamma=0.0, eta=0.0))
+CONTRASTIVE = Method("contrastive only", dict(gamma=0.2, eta=0.0))
 METHODS = (
-    Method("plain expert", dict(gamma=0.0, eta=0.0)),
+    PLAIN,
     Method("temperature 1.3", dict(gamma=0.0, eta=0.0, temperature=1.3)),
     Method("top-p 0.9", dict(gamma=0.0, eta=0.0, top_k=0, top_p=0.9)),
-    Method("contrastive only", dict(gamma=0.2, eta=0.0)),
+    Method("min-p 0.1 (T 1.5)", dict(gamma=0.0, eta=0.0, top_k=0, temperature=1.5, plausibility_alpha=0.1**1.5)),
+    CONTRASTIVE,
     Method("negatives only", dict(gamma=0.0, eta=0.2)),
     Method("STEER (defaults)", dict(gamma=0.2, eta=0.2)),
     Method("STEER (eta 0.4)", dict(gamma=0.2, eta=0.4)),
     Method("STEER (eta 0.6)", dict(gamma=0.2, eta=0.6, num_negatives=10)),
 )
+EOS_METHODS = (PLAIN, CONTRASTIVE) + tuple(
+    Method(f"STEER (eta {eta}){' EOS exempt' if exempt else ''}",
+           dict(gamma=0.2, eta=eta, num_negatives=10 if eta == 0.6 else 5, eos_exempt=exempt))
+    for eta in (0.2, 0.4, 0.6) for exempt in (False, True)
+)  # fmt: skip
+SHARE_METHODS = (PLAIN,) + tuple(
+    Method(f"STEER K={k}" + (" separate" if mode == "separate" else ""), dict(gamma=0.2, eta=0.2, share_negatives=k, negative_mode=mode))
+    for mode, ks in (("concat", (1, 4, 16, 64)), ("separate", (1, 16))) for k in ks
+)  # fmt: skip
+
+
+# name -> (methods, output stem, title)
+EXPERIMENTS = {
+    "baselines": (METHODS, "quality", "# Quality experiment: STEER vs its baselines"),
+    "eos": (EOS_METHODS, "eos", "# EOS exemption: how many samples end, with and without --eos-exempt"),
+    "share": (SHARE_METHODS, "share", "# --share-negatives: generation time and what sharing draws costs in diversity"),
+}
 
 
 @dataclass
@@ -165,16 +194,16 @@ def mean_and_spread(values: list[float | None]) -> tuple[float | None, float | N
     return statistics.fmean(numbers), (statistics.stdev(numbers) if len(numbers) > 1 else 0.0)
 
 
-def run_domain(domain: Domain, args, workdir: Path, embed) -> dict:
+def run_domain(domain: Domain, args, workdir: Path, embed, methods=METHODS) -> dict:
     from steer.data.io import read_texts
     from steer.data.metrics import evaluate, summary_row
 
     log(f"domain {domain.name}: {domain.description}")
     models = None
     runs, real = [], None
-    for method in METHODS:
+    for method in methods:
         for seed in args.seeds:
-            path = workdir / domain.name / f"{method.name.replace(' ', '_').replace('(', '').replace(')', '')}_seed{seed}.jsonl"
+            path = workdir / args.experiment / domain.name / f"{method.name.replace(' ', '_').replace('(', '').replace(')', '')}_seed{seed}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             models, summary = run_cell(domain, method, seed, args.n, args.max_new_tokens, args.batch_size, path, models)
             texts = read_texts(path)
@@ -182,20 +211,22 @@ def run_domain(domain: Domain, args, workdir: Path, embed) -> dict:
             real = real or {"normalised_3grams": metrics["real"]["ngrams"]["3"]["distinct"],
                             "diversity": metrics["real"]["diversity"],
                             "coherency": metrics["coherency"]["real_mean_pairwise_cosine"],
-                            "mean_words": metrics["real"]["mean_tokens"]}
+                            "mean_words": metrics["real"]["mean_tokens"],
+                            **{k: metrics["real"].get(k) for k in ("vendi_score", "self_bleu", "compression_ratio", "self_repetition")}}
             row = {"method": method.name, "seed": seed, **method.settings, **summary_row(metrics),
                    "mean_words": metrics["synthetic"]["mean_tokens"],
                    "eos_fraction": _eos_fraction(path), "seconds": summary.seconds, "samples": summary.written,
+                   "negative_cache_hit": summary.negative_cache_hit,
                    "examples": texts[:3]}
             runs.append(row)
             log(f"  {method.name:<18} seed {seed}: 3-grams {row['normalised_3grams']:.3f}, diversity {row['diversity']:.3f}, "
                 f"coherency {row['coherency']:.3f}, AUC {row['authenticity_auc']:.3f} ({summary.seconds:.0f} s generating)")
     summary = []
-    for method in METHODS:
+    for method in methods:
         mine = [r for r in runs if r["method"] == method.name]
         entry = {"method": method.name, **method.settings}
-        for key in (*METRICS, "mean_words", "eos_fraction"):
-            entry[key], entry[key + "_spread"] = mean_and_spread([r[key] for r in mine])
+        for key in (*METRICS, "mean_words", "eos_fraction", "seconds", "negative_cache_hit"):
+            entry[key], entry[key + "_spread"] = mean_and_spread([r.get(key) for r in mine])
         summary.append(entry)
     return {"domain": domain.name, "description": domain.description, "real_texts": len(domain.real_texts),
             "real": real, "runs": runs, "summary": summary}
@@ -213,22 +244,39 @@ def _cell(entry: dict, key: str) -> str:
     value, spread = entry.get(key), entry.get(key + "_spread")
     if value is None:
         return "-"
-    if key in ("copies_of_real", "eos_fraction"):
+    if key in ("copies_of_real", "eos_fraction", "negative_cache_hit"):
         return f"{100 * value:.1f}%"
     if key == "mean_words":
         return f"{value:.1f}"
+    if key == "seconds":
+        return f"{value:.1f} s"
     return f"{value:.3f} ± {spread:.3f}" if spread else f"{value:.3f}"
 
 
-def domain_table(result: dict) -> str:
+def _real_cell(real: dict, key: str) -> str:
+    """The real data's own value in a column, where it has one."""
+    if key == "coherency":
+        return f"{real['coherency']:.3f} (real vs real)"
+    if key == "mean_words":
+        return f"{real['mean_words']:.1f}"
+    value = real.get(key)
+    return "" if value is None else (f"{value:.1f}" if key == "vendi_score" else f"{value:.3f}")
+
+
+def domain_table(result: dict, experiment: str = "baselines") -> str:
     columns = [("normalised_3grams", "norm. 3-grams ↑"), ("diversity", "diversity ↑"), ("coherency", "coherency ↑"),
                ("centroid_cosine", "centroid cos ↑"), ("authenticity_auc", "AUC (0.5 best)"), ("mauve", "MAUVE ↑"),
                ("copies_of_real", "copies ↓"), ("mean_words", "words"), ("eos_fraction", "ended by EOS")]
+    if any(e.get("vendi_score") is not None for e in result["summary"]):  # results of an older run lack them
+        columns[2:2] = [("vendi_score", "Vendi ↑"), ("self_bleu", "Self-BLEU ↓"), ("compression_ratio", "compression ↓"),
+                        ("self_repetition", "self-rep. ↓")]  # fmt: skip
+    if experiment == "share":
+        columns += [("seconds", "generation"), ("negative_cache_hit", "negative tokens cached")]
     lines = ["| method | γ | η | " + " | ".join(title for _, title in columns) + " |",
              "|---|---:|---:|" + "---:|" * len(columns)]
     real = result["real"]
-    lines.append(f"| *real data ({result['real_texts']} texts, cut to n)* | | | {real['normalised_3grams']:.3f} | "
-                 f"{real['diversity']:.3f} | {real['coherency']:.3f} (real vs real) | | | | | {real['mean_words']:.1f} | |")
+    lines.append(f"| *real data ({result['real_texts']} texts, cut to n)* | | | "
+                 + " | ".join(_real_cell(real, key) for key, _ in columns) + " |")
     for entry in result["summary"]:
         lines.append(f"| {entry['method']} | {entry.get('gamma', 0):g} | {entry.get('eta', 0):g} | "
                      + " | ".join(_cell(entry, key) for key, _ in columns) + " |")
@@ -245,9 +293,36 @@ def beats_plain(entry: dict, plain: dict) -> tuple[float, float, float, bool]:
     return gain, noise, change, gain > noise and change >= -0.10
 
 
-def verdict(result: dict) -> str:
+def eos_verdict(result: dict) -> str:
+    """How many samples end by EOS at each eta, with and without the exemption."""
+    by_name = {e["method"]: e for e in result["summary"]}
+    parts = [f"plain {100 * by_name['plain expert']['eos_fraction']:.0f}%, contrastive only {100 * by_name['contrastive only']['eos_fraction']:.0f}%"]
+    for eta in (0.2, 0.4, 0.6):
+        off, on = by_name[f"STEER (eta {eta})"], by_name[f"STEER (eta {eta}) EOS exempt"]
+        parts.append(f"eta {eta}: {100 * off['eos_fraction']:.0f}% -> {100 * on['eos_fraction']:.0f}% exempt "
+                     f"(3-grams {off['normalised_3grams']:.3f} -> {on['normalised_3grams']:.3f})")
+    ok = by_name["STEER (eta 0.6) EOS exempt"]["eos_fraction"] >= 0.9
+    return "Ended by EOS: " + "; ".join(parts) + f". Target (>= 90% at eta 0.6 with the exemption): {'met' if ok else 'not met'}."
+
+
+def share_verdict(result: dict) -> str:
+    """Generation time of the share settings against K = 1 and plain sampling (these runs'
+    own times, one process, sequential: benchmarks/test_bench_share_negatives.py pairs them)."""
+    by_name = {e["method"]: e for e in result["summary"]}
+    plain, one, sixteen = by_name["plain expert"], by_name["STEER K=1"], by_name["STEER K=16"]
+    return (f"Generation time (mean of the seeds' runs): K=1 {one['seconds']:.1f} s, K=16 {sixteen['seconds']:.1f} s "
+            f"({one['seconds'] / sixteen['seconds']:.2f}x faster), plain {plain['seconds']:.1f} s (K=16 is "
+            f"{sixteen['seconds'] / plain['seconds']:.2f}x plain). Diversity: normalised 3-grams {one['normalised_3grams']:.3f} "
+            f"(K=1) vs {sixteen['normalised_3grams']:.3f} (K=16), embedding diversity {one['diversity']:.3f} vs {sixteen['diversity']:.3f}.")
+
+
+def verdict(result: dict, experiment: str = "baselines") -> str:
     """STEER (defaults) against plain expert sampling, in the words of the issue's criterion, and
-    every method that meets it."""
+    every method that meets it (the other experiments: their own summary line)."""
+    if experiment == "eos":
+        return eos_verdict(result)
+    if experiment == "share":
+        return share_verdict(result)
     by_name = {e["method"]: e for e in result["summary"]}
     plain, steer = by_name["plain expert"], by_name["STEER (defaults)"]
     gain, noise, change, ok = beats_plain(steer, plain)
@@ -300,23 +375,25 @@ def run_facts(args, seconds: float, embedder_name: str) -> dict:
     return {"command": " ".join(["python benchmarks/quality/run_quality.py", *sys.argv[1:]]), "minutes": round(seconds / 60, 1),
             "commit": commit, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
             "transformers": transformers.__version__, "embedder": embedder_name, "n": args.n, "seeds": args.seeds,
-            "max_new_tokens": args.max_new_tokens}
+            "max_new_tokens": args.max_new_tokens, "experiment": args.experiment}
 
 
 READING_HEADING = "## Reading it"
 
 
 def write_results(results: list[dict], facts: dict, out: Path) -> None:
-    """quality.json, quality.md and the plots; a hand-written "Reading it" section at the end of an
-    existing quality.md is kept."""
+    """STEM.json, STEM.md and the plots (STEM: quality for the baselines, else the experiment's
+    name); a hand-written "Reading it" section at the end of an existing STEM.md is kept."""
+    experiment = facts.get("experiment", "baselines")
+    stem = EXPERIMENTS[experiment][1]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps({"facts": facts, "results": results}, indent=1) + "\n")
-    md = out / "quality.md"
+    (out / f"{stem}.json").write_text(json.dumps({"facts": facts, "results": results}, indent=1) + "\n")
+    md = out / f"{stem}.md"
     reading = md.read_text().split("\n" + READING_HEADING, 1) if md.exists() else []
     reading = READING_HEADING + reading[1] if len(reading) == 2 else ""
     f = facts
     parts = [
-        "# Quality experiment: STEER vs its baselines",
+        EXPERIMENTS[experiment][2],
         "",
         f"- Command: `{f['command']}` ({f['minutes']:.0f} min on the 2-core CPU machine"
         + (f"; {f['note']})" if f.get("note") else ")"),
@@ -329,19 +406,21 @@ def write_results(results: list[dict], facts: dict, out: Path) -> None:
         "",
     ]
     for result in results:
-        parts += [f"## {result['domain']}", "", result["description"] + ".", "", domain_table(result), "",
-                  f"**{verdict(result)}**", "", f"![{result['domain']}](tradeoff_{result['domain']}.png)", "",
+        plot = f"{'' if stem == 'quality' else stem + '_'}tradeoff_{result['domain']}.png"
+        parts += [f"## {result['domain']}", "", result["description"] + ".", "", domain_table(result, experiment), "",
+                  f"**{verdict(result, experiment)}**", "", f"![{result['domain']}]({plot})", "",
                   "Samples (seed " + str(f["seeds"][0]) + ", the first three written):", ""]
         for entry in result["summary"]:
             run = next(r for r in result["runs"] if r["method"] == entry["method"] and r["seed"] == f["seeds"][0])
             parts.append(f"- {entry['method']}: " + " / ".join(f"“{t}”" for t in run["examples"]))
         parts.append("")
-        plot_domain(result, out / f"tradeoff_{result['domain']}.png")
+        plot_domain(result, out / plot)
     md.write_text("\n".join(parts) + "\n" + (reading.rstrip() + "\n" if reading else ""))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", default="baselines", choices=sorted(EXPERIMENTS), help="which methods (see the module docstring)")
     p.add_argument("--domains", default="pyjokes,fortunes-computers", help="comma-separated: pyjokes, fortunes-CATEGORY")
     p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--n", type=int, default=200, help="samples per (method, seed)")
@@ -361,7 +440,7 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     if args.rewrite:
-        stored = json.loads((args.out / "quality.json").read_text())
+        stored = json.loads((args.out / f"{EXPERIMENTS[args.experiment][1]}.json").read_text())
         write_results(stored["results"], stored["facts"], args.out)
         return
     names = args.domains.split(",")
@@ -377,11 +456,11 @@ def main(argv=None) -> None:
             domain = pyjokes_domain()
         else:
             domain = fortunes_domain(name.removeprefix("fortunes-"), args.workdir, seed=0)
-        results.append(run_domain(domain, args, args.workdir, embed))
+        results.append(run_domain(domain, args, args.workdir, embed, EXPERIMENTS[args.experiment][0]))
     write_results(results, run_facts(args, time.time() - started, embed.name), args.out)
-    log(f"wrote {args.out / 'quality.md'} in {(time.time() - started) / 60:.1f} min")
+    log(f"wrote {args.out / (EXPERIMENTS[args.experiment][1] + '.md')} in {(time.time() - started) / 60:.1f} min")
     for result in results:
-        print(f"\n{result['domain']}\n{domain_table(result)}\n{verdict(result)}")
+        print(f"\n{result['domain']}\n{domain_table(result, args.experiment)}\n{verdict(result, args.experiment)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 on seeded random embeddings, and evaluate()'s size matching, result shape and errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -205,3 +206,66 @@ def test_evaluate_rejects_small_or_empty_sides(real, syn, message):
 def test_evaluate_rejects_non_strings():
     with pytest.raises(TypeError, match="synthetic text 2"):
         M.evaluate(_corpus(20), _corpus(2) + [None] + _corpus(10), embedder=TfidfEmbedder())
+
+
+# -- Self-BLEU, compression ratio, self-repetition, Vendi ------------------------------------------
+
+
+def test_self_bleu_by_hand():
+    from steer.data.metrics import self_bleu
+
+    # "a b c d" against "a b c e": precisions 3/4, 2/3, 1/2 and 0/1 (smoothed to 0.1/1), same
+    # length: BLEU = (0.75 * 2/3 * 0.5 * 0.1) ** 0.25, both ways.
+    assert self_bleu(["a b c d", "a b c e"]) == pytest.approx((0.75 * 2 / 3 * 0.5 * 0.1) ** 0.25)
+    assert self_bleu(["a b c d", "a b c d"]) == pytest.approx(1.0)
+    assert self_bleu(["a b c d", "w x y z"]) == 0.0  # no unigram in common
+    assert self_bleu(["a b c d"]) == 0.0
+    # the brevity penalty: "a b" against "a b c d" is exp(1 - 4/2) times its precisions
+    # (2/2, 1/1, 0.1/1, 0.1/1); the other way, "a b c d" against "a b" has no penalty (longer)
+    # and precisions 2/4, 1/3, 0.1/2, 0.1/1
+    short = math.exp(1 - 4 / 2) * (1 * 1 * 0.1 * 0.1) ** 0.25
+    long = (0.5 * (1 / 3) * (0.1 / 2) * (0.1 / 1)) ** 0.25
+    assert self_bleu(["a b", "a b c d"]) == pytest.approx((short + long) / 2)
+    # NLTK's sentence_bleu (smoothing method1) over these, each against the other three: 0.65040...
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "a dog ran in the park today", "the cat sat on the mat"]
+    assert self_bleu(texts) == pytest.approx(0.6504056975701, abs=1e-12)
+
+
+def test_compression_ratio_and_self_repetition_by_hand():
+    import gzip
+
+    from steer.data.metrics import compression_ratio, self_repetition
+
+    texts = ["a b c d e", "a b c d x", "q r s t u"]
+    joined = b"a b c d e a b c d x q r s t u"
+    assert compression_ratio(texts) == pytest.approx(len(joined) / len(gzip.compress(joined)))
+    assert compression_ratio(["the same joke"] * 50) > 5 * compression_ratio(["x"])
+    assert compression_ratio([]) == 0.0
+    # 4-grams: text 0 {abcd, bcde}, text 1 {abcd, bcdx}, text 2 {qrst, rstu}: "a b c d" is in one
+    # other text for texts 0 and 1, nothing is shared by text 2: (log 2 + log 2 + log 1) / 3
+    assert self_repetition(texts) == pytest.approx(2 * math.log(2) / 3)
+    assert self_repetition(["A b c d", "a b c d"]) == 0.0  # case kept, as the diversity package does
+
+
+def test_vendi_score_by_hand():
+    from steer.data.metrics import vendi_score
+
+    assert vendi_score(np.eye(6)) == pytest.approx(6.0)  # all orthogonal: 6 distinct texts
+    assert vendi_score(np.ones((5, 3))) == pytest.approx(1.0)  # all alike: one
+    two_kinds = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])  # rows are re-normalised
+    assert vendi_score(two_kinds) == pytest.approx(2.0)
+
+
+def test_evaluate_reports_the_new_diversity_metrics():
+    from steer.data.metrics import evaluate, summary_row
+
+    real = [f"real text number {i} about {w}" for i, w in enumerate("cats dogs birds fish mice cows pigs owls bats ants".split())]
+    same = ["the same sentence again"] * 12
+    varied = [f"{a} {b} went {c}" for a, b, c in zip("one two three four five six seven eight nine ten eleven twelve".split(),
+                                                     "cat dog bird fish mouse cow pig owl bat ant bee elk".split(),
+                                                     "home out up down left right far near in off on away".split())]  # fmt: skip
+    rows = {name: summary_row(evaluate(real, texts, embedder="tfidf", knn=False)) for name, texts in (("same", same), ("varied", varied))}
+    assert rows["same"]["self_bleu"] > 0.99 > rows["varied"]["self_bleu"]
+    assert rows["same"]["compression_ratio"] > rows["varied"]["compression_ratio"]
+    assert rows["same"]["self_repetition"] > rows["varied"]["self_repetition"]
+    assert rows["same"]["vendi_score"] < 1.5 < rows["varied"]["vendi_score"]

@@ -164,7 +164,8 @@ def test_evaluate_files_reads_the_run_settings(tmp_path):
     assert names[:3] == ["texts compared", "normalised 3-grams", "diversity"]
     assert dict(headline(metrics))["k-NN precision"] == "-"
     row = summary_row(metrics)
-    assert set(row) == {"normalised_3grams", "diversity", "coherency", "centroid_cosine", "authenticity_auc", "mauve", "copies_of_real"}
+    assert set(row) == {"normalised_3grams", "diversity", "coherency", "centroid_cosine", "authenticity_auc", "mauve", "copies_of_real",
+                        "vendi_score", "self_bleu", "compression_ratio", "self_repetition"}  # fmt: skip
     assert "copies ↓" in R.tradeoff_table_markdown([{"gamma": 0.2, "eta": 0.6, **row}])
 
 

@@ -27,7 +27,8 @@ def quality():
 
 def test_quality_experiment_smoke(quality, tmp_path, monkeypatch):
     by_name = {m.name: m for m in quality.METHODS}
-    monkeypatch.setattr(quality, "METHODS", (by_name["plain expert"], by_name["STEER (defaults)"]))
+    _, stem, title = quality.EXPERIMENTS["baselines"]
+    monkeypatch.setitem(quality.EXPERIMENTS, "baselines", ((by_name["plain expert"], by_name["STEER (defaults)"]), stem, title))
     out = tmp_path / "results"
     quality.main(["--domains", "pyjokes", "--seeds", "0,1", "--n", "12", "--max-new-tokens", "16", "--batch-size", "6",
                   "--embedder", "tfidf", "--workdir", str(tmp_path / "work"), "--out", str(out)])
@@ -39,7 +40,7 @@ def test_quality_experiment_smoke(quality, tmp_path, monkeypatch):
     steer = next(e for e in result["summary"] if e["method"] == "STEER (defaults)")
     runs = [r["normalised_3grams"] for r in result["runs"] if r["method"] == "STEER (defaults)"]
     assert steer["normalised_3grams"] == pytest.approx(sum(runs) / 2)
-    assert len(list((tmp_path / "work" / "pyjokes").glob("*.jsonl"))) == 4
+    assert len(list((tmp_path / "work" / "baselines" / "pyjokes").glob("*.jsonl"))) == 4
 
 
 def test_unknown_domain_is_refused(quality, tmp_path):

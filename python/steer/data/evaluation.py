@@ -182,7 +182,8 @@ def _fmt(value, digits: int = 3) -> str:
 def headline(metrics: dict) -> list[tuple[str, str]]:
     """(name, value) pairs for a terminal summary of one evaluation, values as short strings
     ("-" where a metric was not computed): texts compared, normalised 3-grams, diversity,
-    coherency, centroid cosine, authenticity AUC, MAUVE, k-NN precision and recall (when
+    coherency, centroid cosine, authenticity AUC, MAUVE, Vendi score, Self-BLEU-4, compression
+    ratio, self-repetition, k-NN precision and recall (when
     computed), exact copies of real texts and duplicates (as percentages). The names are the
     same for every result, so two results can be printed side by side."""
     counts = metrics["counts"]
@@ -196,6 +197,10 @@ def headline(metrics: dict) -> list[tuple[str, str]]:
         ("centroid cosine", _fmt(summary["centroid_cosine"])),
         ("authenticity AUC (0.5 best)", _fmt(summary["authenticity_auc"])),
         ("MAUVE", _fmt(summary["mauve"])),
+        ("Vendi score", _fmt(summary.get("vendi_score"))),
+        ("Self-BLEU-4", _fmt(summary.get("self_bleu"))),
+        ("compression ratio", _fmt(summary.get("compression_ratio"))),
+        ("self-repetition", _fmt(summary.get("self_repetition"))),
         ("k-NN precision", _fmt(knn.get("precision"))),
         ("k-NN recall", _fmt(knn.get("recall"))),
         ("copies of real texts", f"{100 * summary['exact_copy_fraction']:.1f}%"),

@@ -5,6 +5,9 @@ Lexical (texts only):
 - :func:`ngram_stats` / :func:`normalised_ngrams`: distinct-n, unique n-grams / all n-grams.
 - :func:`diversity`: prod_{n=2..4} (1 - rep_n), rep_n = 1 - unique_n / total_n.
 - :func:`memorisation`: exact copies of real texts, and duplicates within the synthetic set.
+- :func:`self_bleu`: Self-BLEU-4 (Zhu et al., 2018): each text's BLEU against all the others.
+- :func:`compression_ratio`: gzip compression ratio of the joined texts, reported with
+  :func:`self_repetition` (the pair Shaib et al., 2024 recommend).
 
 Semantic (L2-normalised sentence embeddings, rows = texts, see :mod:`steer.data.embeddings`):
 
@@ -14,6 +17,8 @@ Semantic (L2-normalised sentence embeddings, rows = texts, see :mod:`steer.data.
 - :func:`mauve_score`: MAUVE (Pillutla et al., 2021) on the embeddings.
 - :func:`knn_precision_recall`: k-NN precision and recall (Kynkaanniemi et al., 2019).
 - :func:`embedding_spread`: mean distance to the centroid.
+- :func:`vendi_score`: the Vendi score (Friedman and Dieng, 2023), the effective number of
+  distinct texts under the cosine kernel.
 
 :func:`evaluate` runs them all the way the paper compares data sets: the real set is shuffled
 (seeded) and cut to the synthetic set's size (or the synthetic set cut to the real set's size when
@@ -23,6 +28,8 @@ it is the larger one), both are embedded in one call, and a JSON-serialisable di
 from __future__ import annotations
 
 import contextlib
+import gzip
+import math
 import os
 import re
 import sys
@@ -92,6 +99,86 @@ def diversity(texts) -> float:
         rep = 1.0 - ngram_stats(texts, n)["distinct"]
         value *= 1.0 - rep
     return value
+
+
+def self_bleu(texts, n: int = 4) -> float:
+    """Self-BLEU-n (Zhu et al., 2018, Texygen): the mean over texts of the BLEU of each text (the
+    hypothesis) against every other text of the set (the references). BLEU: the geometric mean
+    of the clipped n-gram precisions for 1..n (uniform weights; a count is clipped at its largest
+    count in any one reference), with Chen and Cherry's smoothing 1 (a precision with no match
+    counts 0.1 / total instead of 0; no unigram in common at all scores 0, as NLTK's
+    sentence_bleu does) and the brevity penalty exp(1 - r / c) against the reference
+    length r closest to the hypothesis length c (the shorter on a tie). Tokens:
+    :func:`tokenize`. Texts shorter than one token score 0. In [0, 1]: higher = the texts repeat
+    each other more (less diverse). Fewer than two texts: 0.0."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    tokens = [tokenize(t) for t in texts]
+    if len(tokens) < 2:
+        return 0.0
+    counts = [[Counter(_ngrams(t, k)) for k in range(1, n + 1)] for t in tokens]
+    best = [_two_largest(c[k - 1] for c in counts) for k in range(1, n + 1)]  # per order: gram -> (top, owner, second)
+    lengths = np.array([len(t) for t in tokens])
+    scores = []
+    for index, own in enumerate(counts):
+        length = len(tokens[index])
+        if length == 0:
+            scores.append(0.0)
+            continue
+        log_precision, unigram_matches = 0.0, 0
+        for k in range(n):
+            total = max(length - k, 1)  # a text shorter than k + 1 tokens: 0 of 1, as NLTK counts it
+            matched = 0
+            for gram, count in own[k].items():
+                top, owner, second = best[k][gram]
+                matched += min(count, second if owner == index else top)
+            unigram_matches = unigram_matches or (k == 0 and matched)
+            log_precision += math.log((matched if matched else 0.1) / total)
+        if not unigram_matches:  # no word in common with any other text: BLEU 0, whatever the smoothing
+            scores.append(0.0)
+            continue
+        others = np.delete(lengths, index)
+        gaps = np.abs(others - length)
+        closest = int(others[gaps == gaps.min()].min())
+        penalty = 1.0 if length > closest else math.exp(1 - closest / length)
+        scores.append(penalty * math.exp(log_precision / n))
+    return float(np.mean(scores))
+
+
+def _two_largest(counters) -> dict:
+    """For each n-gram of the counters: (largest count, index of the counter holding it, second
+    largest count), so that the largest count in any counter but one is a lookup."""
+    best: dict = {}
+    for index, counter in enumerate(counters):
+        for gram, count in counter.items():
+            top, owner, second = best.get(gram, (0, -1, 0))
+            if count > top:
+                best[gram] = (count, index, top)
+            elif count > second:
+                best[gram] = (top, owner, count)
+    return best
+
+
+def compression_ratio(texts) -> float:
+    """Size of the texts joined by single spaces (UTF-8 bytes) over its gzip-compressed size (as
+    the ``diversity`` package of Shaib et al., 2024 computes it, compressed once). Higher = more
+    redundant (less diverse); report it with :func:`self_repetition`. An empty set: 0.0."""
+    joined = " ".join(texts).encode("utf-8")
+    if not joined:
+        return 0.0
+    return len(joined) / len(gzip.compress(joined))
+
+
+def self_repetition(texts, n: int = 4) -> float:
+    """The self-repetition score (Salkar et al., 2022; as in Shaib et al., 2024): for each text,
+    log(1 + the number of (n-gram, other text) pairs in which one of its distinct n-grams occurs
+    in another text), averaged over the texts. n-grams of whitespace-separated words, case kept,
+    as the ``diversity`` package takes them. Higher = the texts share more long n-grams."""
+    grams = [set(_ngrams(t.split(), n)) for t in texts]
+    if not grams:
+        return 0.0
+    texts_with: Counter = Counter(g for own in grams for g in own)
+    return float(np.mean([math.log(1 + sum(texts_with[g] - 1 for g in own)) for own in grams]))
 
 
 def normalise_text(text: str) -> str:
@@ -359,6 +446,19 @@ def knn_precision_recall(real_emb, syn_emb, k: int = 5) -> dict:
     return {"k": int(k), "precision": float(precision), "recall": float(recall)}
 
 
+def vendi_score(emb) -> float:
+    """The Vendi score (Friedman and Dieng, 2023) under the cosine kernel: exp of the Shannon
+    entropy of the eigenvalues of K / N, K_ij = cos(x_i, x_j) (rows re-normalised, so K_ii = 1).
+    Between 1 (every text embeds alike) and N (all orthogonal): the effective number of distinct
+    texts. Computed from the d x d matrix X^T X / N, which has the same non-zero eigenvalues."""
+    emb = _unit_rows(_as_matrix(emb, "embedding").astype(np.float64))
+    if emb.shape[0] == 0:
+        return 0.0
+    eigenvalues = np.linalg.eigvalsh(emb.T @ emb / emb.shape[0])
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    return float(np.exp(-np.sum(eigenvalues * np.log(eigenvalues))))
+
+
 def embedding_spread(emb) -> float:
     """Mean Euclidean distance of the rows to their centroid, mean_i |x_i - mean(x)|. With unit
     rows, in [0, 1]: 0 = every text embeds the same (mode collapse); compare the synthetic value
@@ -424,6 +524,9 @@ def _lexical(texts: list[str]) -> dict:
     out["diversity"] = product
     out["ngrams"] = ngrams
     out["duplicate_fraction"] = duplicate_fraction(texts)
+    out["self_bleu"] = self_bleu(texts)
+    out["compression_ratio"] = compression_ratio(texts)
+    out["self_repetition"] = self_repetition(texts)
     out["mean_tokens"] = float(np.mean([len(tokenize(t)) for t in texts])) if texts else 0.0
     return out
 
@@ -473,6 +576,8 @@ def _evaluate_embeddings(
     coherence = coherency(real, syn)
     real_lexical["spread"] = embedding_spread(real)
     syn_lexical["spread"] = embedding_spread(syn)
+    real_lexical["vendi_score"] = vendi_score(real)
+    syn_lexical["vendi_score"] = vendi_score(syn)
     timings["coherency"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -517,6 +622,10 @@ def _evaluate_embeddings(
             "authenticity_auc": auc,
             "mauve": mauve_value,
             "exact_copy_fraction": copies["exact_copy_fraction"],
+            "vendi_score": syn_lexical["vendi_score"],
+            "self_bleu": syn_lexical["self_bleu"],
+            "compression_ratio": syn_lexical["compression_ratio"],
+            "self_repetition": syn_lexical["self_repetition"],
         },
         "real": real_lexical,
         "synthetic": syn_lexical,
@@ -533,8 +642,9 @@ def summary_row(metrics: dict) -> dict:
     """The headline numbers of one :func:`evaluate` result, flat, for a sweep's table and plot
     (:func:`steer.data.report.tradeoff_table_markdown`, :func:`~steer.data.report.plot_tradeoff`):
     normalised_3grams, diversity, coherency (mean pairwise cosine), centroid_cosine,
-    authenticity_auc, mauve (None when not computed) and copies_of_real (the *fraction* of
-    synthetic texts that are exact copies of a real text)."""
+    authenticity_auc, mauve (None when not computed), copies_of_real (the *fraction* of
+    synthetic texts that are exact copies of a real text), vendi_score, self_bleu,
+    compression_ratio and self_repetition (None in results of an older steer)."""
     summary = metrics["summary"]
     return {
         "normalised_3grams": summary["normalised_3grams"],
@@ -544,6 +654,7 @@ def summary_row(metrics: dict) -> dict:
         "authenticity_auc": summary["authenticity_auc"],
         "mauve": summary["mauve"],
         "copies_of_real": summary["exact_copy_fraction"],
+        **{key: summary.get(key) for key in ("vendi_score", "self_bleu", "compression_ratio", "self_repetition")},
     }
 
 
@@ -559,9 +670,11 @@ def evaluate(real_texts, synthetic_texts, *, embedder="auto", seed: int = 0, knn
 
     - ``counts``: input and compared sizes and which side was cut; ``embedder``: name, kind, dim;
     - ``summary``: the headline numbers of the synthetic set (diversity, normalised_3grams,
-      coherency, centroid_cosine, authenticity_auc, mauve, exact_copy_fraction), e.g. for a sweep;
+      coherency, centroid_cosine, authenticity_auc, mauve, exact_copy_fraction, vendi_score,
+      self_bleu, compression_ratio, self_repetition), e.g. for a sweep;
     - ``real`` / ``synthetic``: distinct_1..4, normalised_3grams, diversity, ngrams (unique/total
-      per n), duplicate_fraction, mean_tokens, spread;
+      per n), duplicate_fraction, self_bleu, compression_ratio, self_repetition, mean_tokens,
+      spread, vendi_score;
     - ``coherency``, ``authenticity``, ``mauve`` (score or None, and a note why), ``knn``
       (None when ``knn=False``), ``memorisation`` (exact copies checked against the whole real
       input, not only the sampled part), ``timings_s``.

@@ -238,6 +238,10 @@ _TABLE_COLUMNS = [
     ("mauve", "MAUVE ↑"),
     ("exact_copy_fraction", "copies ↓"),
     ("copies_of_real", "copies ↓"),
+    ("vendi_score", "Vendi ↑"),
+    ("self_bleu", "Self-BLEU ↓"),
+    ("compression_ratio", "compression ↓"),
+    ("self_repetition", "self-rep. ↓"),
 ]
 
 
@@ -370,6 +374,16 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str, str, str, str]]:
         )
     add("Diversity", _f(real["diversity"]), _f(syn["diversity"]), "higher",
         "distinct-2 × distinct-3 × distinct-4: how little the set repeats itself.")
+    if "self_bleu" in syn:  # results of an older steer lack these
+        add("Self-BLEU-4", _f(real["self_bleu"]), _f(syn["self_bleu"]), "lower",
+            "mean BLEU-4 of each text against all the others of its set: how much the texts repeat each other.")
+        add("Compression ratio (gzip)", _f(real["compression_ratio"]), _f(syn["compression_ratio"]), "lower, ≈ real",
+            "size of the joined texts over its gzip size: redundancy across the whole set.")
+        add("Self-repetition (4-grams)", _f(real["self_repetition"]), _f(syn["self_repetition"]), "lower, ≈ real",
+            "mean log(1 + how often a text's 4-grams occur in the other texts).")
+    if "vendi_score" in syn:
+        add("Vendi score", _f(real["vendi_score"], 1), _f(syn["vendi_score"], 1), "higher",
+            "effective number of distinct texts under the embeddings' cosine kernel (1 to n).")
     add("Coherency (mean cosine)",
         f"{_f(coherence.get('real_mean_pairwise_cosine'))} {muted('(real vs real)')}",
         _f(coherence.get("mean_pairwise_cosine")), "higher, ≈ real",
@@ -422,6 +436,10 @@ _BASELINE_COLUMNS = (
     ("authenticity_auc", "AUC (0.5 best)"),
     ("mauve", "MAUVE ↑"),
     ("exact_copy_fraction", "copies ↓"),
+    ("vendi_score", "Vendi ↑"),
+    ("self_bleu", "Self-BLEU ↓"),
+    ("compression_ratio", "compression ↓"),
+    ("self_repetition", "self-rep. ↓"),
 )
 
 
