@@ -132,3 +132,16 @@ def test_gumbel_max_draws_follow_softmax():
     tokens = reference.perturbed_argmax(scores.expand(draws, 4), torch.zeros(draws, dtype=torch.long), keys, torch.zeros_like(keys))
     frequencies = torch.bincount(tokens, minlength=4).double() / draws
     assert (frequencies - torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("min_p, temperature", [(0.1, 1.5), (0.05, 1.0), (0.2, 0.7)])
+def test_min_p_sampling_is_the_plausibility_floor_at_alpha_min_p_to_the_t(min_p, temperature):
+    """The quality experiment's min-p baseline: for the expert alone (one stream, weight 1),
+    min-p at temperature T (keep p_T >= min_p * max p_T, p_T = softmax(z / T), as transformers
+    applies it after the temperature) is steer's plausibility floor with alpha = min_p ** T."""
+    logits = torch.randn(3, 1, 50, generator=torch.Generator().manual_seed(5)) * 3
+    got = reference.probabilities(logits, [1.0], temperature=temperature, plausibility_alpha=min_p**temperature)
+    p_t = torch.softmax(logits[:, 0].double() / temperature, dim=-1)
+    kept = torch.where(p_t >= min_p * p_t.max(dim=-1, keepdim=True).values, p_t, torch.zeros_like(p_t))
+    torch.testing.assert_close(got, kept / kept.sum(dim=-1, keepdim=True), rtol=1e-6, atol=1e-9)
+    assert ((got > 0).sum(dim=-1) < 50).all()  # the floor cut something
