@@ -16,7 +16,7 @@ def test_version_and_missing_command(capsys):
 def test_every_command_has_a_description_and_the_seed_help_says_what_records_show(capsys):
     import pytest
 
-    for command in ("info", "generate", "eval", "sweep", "demo"):
+    for command in ("info", "generate", "eval", "sweep", "tune", "demo"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         lines = capsys.readouterr().out.splitlines()

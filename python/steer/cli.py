@@ -3,6 +3,7 @@
     steer generate   real examples in, synthetic samples out (JSONL, resumable)
     steer eval       the paper's metrics of a synthetic set against the real one, plots, report.html
     steer sweep      a gamma x eta grid: the diversity-coherency trade-off as a table and a plot
+    steer tune       the most diverse (gamma, eta) within a coherency bound, against temperature, top-p, min-p
     steer demo       generate + eval on the bundled demo models and real examples, offline
     steer serve      an OpenAI-compatible HTTP server that samples with STEER
     steer info       version and the backends usable on this machine
@@ -87,6 +88,8 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     if not serve:
         run.add_argument("--pool-round", type=int, default=None, help="attempts per round of the negative pool (default: the batch size): an attempt draws its negatives from the pool as it stood two rounds before, so the records do not depend on the schedule; part of a run's settings")
         run.add_argument("--keep-duplicates", action="store_true", help="keep samples that repeat an earlier sample's text (default: drop them and sample again)")
+        run.add_argument("--novelty-threshold", type=float, default=None, help="keep a sample only if its largest similarity to the pool (real examples and accepted samples) is below T, else sample again with the next seed; off by default")
+        run.add_argument("--novelty-method", choices=("auto", "minilm", "minhash"), default="auto", help="the gate's similarity: MiniLM embedding cosine, or MinHash Jaccard of word 3-grams (datasketch); auto: MiniLM when installed")
         run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -136,9 +139,10 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
         real_texts, real_name = read_texts(args.real, args.text_field), str(args.real)
     return GenerateRequest(
         real_texts=real_texts, real_name=real_name, expert=expert, base=base, prompt=args.prompt or "",
-        n=args.n, out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        n=getattr(args, "n", 1), out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet, allow_pickle=args.allow_pickle,
-        pool_round=args.pool_round, workers=getattr(args, "workers", None), ray_address=getattr(args, "ray_address", None),
+        pool_round=args.pool_round, workers=getattr(args, "workers", None),
+        novelty_threshold=getattr(args, "novelty_threshold", None), novelty_method=getattr(args, "novelty_method", "auto"), ray_address=getattr(args, "ray_address", None),
         threads_per_worker=getattr(args, "threads_per_worker", None), gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
     )
 
@@ -162,6 +166,8 @@ def _print_generation(summary) -> None:
     print(f"{summary.out}: {summary.written} samples{resumed}; {new} new in {summary.seconds:.1f} s{rate}")
     if summary.dropped_duplicates or summary.dropped_empty:
         print(f"  sampled again: {summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty")
+    if summary.novelty_rejected:
+        print(f"  novelty gate: {summary.novelty_rejected} samples too close to the pool, sampled again")
     if summary.negative_cache_hit is not None:
         print(f"  negative contexts: {100 * summary.negative_cache_hit:.0f}% of their tokens found in the prefix cache")
     if summary.workers:
@@ -210,6 +216,18 @@ def _sweep(args: argparse.Namespace) -> int:
     print(result.table)
     print(f"wrote {result.table_path}, {result.plot_path} and {result.json_path}")
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from steer.data.tune import choice_sentence, run_tune
+
+    template = _generate_request(args, args.out / "cells" / "template.jsonl", 0.2, 0.2, resume=True)
+    result = run_tune(template, args.out, gammas=args.gammas, etas=args.etas, max_coherency_drop=args.max_coherency_drop,
+                      objective=args.objective, n_min=args.n_min, n_max=args.n_max, baselines=not args.no_baselines,
+                      embedder=args.embedder, seed=args.seed)  # fmt: skip
+    print(choice_sentence(result.chosen, result.plain, objective=args.objective, max_coherency_drop=args.max_coherency_drop))
+    print(f"wrote {result.table_path}, {result.plot_path}, {result.json_path} and {args.out / 'chosen.json'}")
+    return 0 if result.chosen is not None else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -326,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(sweep)
     sweep.set_defaults(run=_sweep)
 
+    tune = commands.add_parser("tune", help="the most diverse (gamma, eta) within a coherency bound of plain sampling",
+                               description="Successive halving over a gamma x eta grid: every cell gets --n-min samples, the better half twice as many, ... up to --n-max; the choice is the most diverse cell whose coherency stays within --max-coherency-drop of plain sampling's. Temperature, top-p and min-p cells are evaluated beside it for their frontiers. Resumable: cells are reused.")
+    _add_model_options(tune)
+    tune.add_argument("--gammas", type=_float_list, default=[0.0, 0.2, 0.5], help="comma-separated gammas (default 0,0.2,0.5)")
+    tune.add_argument("--etas", type=_float_list, default=[0.0, 0.2, 0.4, 0.6], help="comma-separated etas (default 0,0.2,0.4,0.6)")
+    tune.add_argument("--max-coherency-drop", type=float, default=0.05, help="the largest fraction by which a cell's coherency may fall below plain sampling's (default 0.05)")
+    tune.add_argument("--objective", choices=("diversity", "vendi_score", "normalised_3grams"), default="diversity", help="what 'most diverse' means (default diversity)")
+    tune.add_argument("--n-min", type=int, default=64, help="samples per cell at the first rung (default 64)")
+    tune.add_argument("--n-max", type=int, default=256, help="samples per cell at the last rung (default 256)")
+    tune.add_argument("--no-baselines", action="store_true", help="skip the temperature, top-p and min-p cells")
+    tune.add_argument("--out", type=Path, default=Path("steer-tune"), help="directory for the cells, tables and plot (default steer-tune)")
+    _add_steer_options(tune, sweep=True)
+    _add_eval_options(tune)
+    tune.set_defaults(run=_tune)
+
     demo = commands.add_parser("demo", help="generate + eval on the bundled demo models, offline",
                                description="The whole loop on the bundled tiny models: programmer jokes from pyjokes as the real set, STEER samples, metrics, plots and report.html.")
     demo.add_argument("--out", type=Path, default=Path("steer-demo"), help="output directory (default steer-demo)")
@@ -382,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_help()
-        print(f"{parser.prog}: error: no command given: choose one of info, generate, eval, sweep, demo, serve (see {parser.prog} --help)", file=sys.stderr)
+        print(f"{parser.prog}: error: no command given: choose one of info, generate, eval, sweep, tune, demo, serve (see {parser.prog} --help)", file=sys.stderr)
         return 2
     from steer.data.io import DataError
 
@@ -405,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = {
             "generate": "every sample written so far is kept (continue with --resume)",
             "sweep": "every sample written so far is kept (run the same sweep again to continue)",
+            "tune": "every sample written so far is kept (run the same tune again to continue)",
             "demo": "every sample written so far is kept (run the same demo again to continue)",
         }.get(args.command)
         print(f"\nsteer {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)

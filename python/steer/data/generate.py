@@ -34,6 +34,7 @@ from pathlib import Path
 
 from steer.config import SteerConfig
 from steer.data.io import DataError, texts_digest
+from steer.data.novelty import check_threshold, make_gate, resolve_method
 from steer.data.models import ModelSources, load_models, load_tokenizer, pick_device, pick_dtype
 from steer.data.output import existing_records, journal_path, open_output, output_format
 from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_separator
@@ -42,10 +43,11 @@ from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_
 RUN_FIELDS = (
     "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
     "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round", "eos_exempt", "share_negatives",
+    "novelty_threshold", "novelty_method",
 )
 # Fields newer than the first record format: a record without one was written before it existed,
 # with the value given here (None: whatever today's run uses, as the schedule did not change it).
-LATER_FIELDS = {"pool_round": None, "eos_exempt": False, "share_negatives": 1}
+LATER_FIELDS = {"pool_round": None, "eos_exempt": False, "share_negatives": 1, "novelty_threshold": None, "novelty_method": None}
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
 # A record's seed is the run's seed plus its attempt number: far below this limit in any real run,
 # which keeps a resumed run's seeds (run seed < 2^62, plus offsets) below the engine's 2^63.
@@ -76,6 +78,8 @@ class GenerateRequest:
     keep_duplicates: bool = False
     quiet: bool = False
     allow_pickle: bool = False
+    novelty_threshold: float | None = None  # the novelty gate (steer.data.novelty); None: off
+    novelty_method: str = "auto"
 
 
 @dataclass
@@ -112,6 +116,7 @@ def _check_request(request: GenerateRequest) -> None:
     if request.pool_round is not None and (isinstance(request.pool_round, bool) or not isinstance(request.pool_round, int)
                                            or request.pool_round < 1):  # fmt: skip
         raise DataError(f"--pool-round must be a whole number >= 1, got {request.pool_round!r}")
+    check_threshold(request.novelty_threshold)
     if not request.real_texts:
         raise DataError(f"the real set {request.real_name} is empty: STEER needs real examples for its negative pool")
     if request.config.seed is None:
@@ -211,9 +216,11 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
         "pool_round": pool_round(request), "eos_exempt": config.eos_exempt, "share_negatives": config.share_negatives,
+        "novelty_threshold": request.novelty_threshold,
+        "novelty_method": None if request.novelty_threshold is None else resolve_method(request.novelty_method),
     }
-    if request.workers is not None:
-        _check_engine_runs(sources)
+    if request.workers is not None or request.novelty_threshold is not None:
+        _check_engine_runs(sources, "--workers" if request.workers is not None else "--novelty-threshold")
     if request.resume:  # a file that cannot be continued is refused now, not after the models load
         check_resumable(request.out, existing_records(request.out), metadata, request.n)
     return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata, budget)
@@ -347,6 +354,7 @@ class GenerationSummary:
     truncated_examples: int
     workers: list | None = None  # per Ray worker: decoded, lost, seconds (--workers)
     negative_cache_hit: float | None = None  # share of negative-context tokens found in the prefix cache (engine, one process)
+    novelty_rejected: int = 0  # attempts the novelty gate turned away, over the whole run (resumed runs included)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "out": str(self.out)}
@@ -365,14 +373,15 @@ def _longest_context(plan: GenerationPlan) -> int:
     return longest + config.max_new_tokens
 
 
-def _check_engine_runs(sources: ModelSources) -> None:
-    """--workers decodes on engine replicas: a model the engine cannot run is refused up front."""
+def _check_engine_runs(sources: ModelSources, option: str) -> None:
+    """``option`` (--workers, --novelty-threshold) needs the engine's rounds: a model the engine
+    cannot run is refused up front."""
     from steer.engine.models import supported_model_types
 
     model_type = sources.model_type()
     if model_type not in supported_model_types():
-        raise DataError(f"--workers runs the steer engine, which has no forward for {model_type} models: "
-                        "run without --workers (the drop-in path)")  # fmt: skip
+        raise DataError(f"{option} runs on the steer engine, which has no forward for {model_type} models: "
+                        f"run without {option} (the drop-in path)")  # fmt: skip
 
 
 def build_engine(plan: GenerationPlan, models=None, *, notice=None):
@@ -470,10 +479,11 @@ def _generate_with_dropin(plan: GenerationPlan, engine, existing: list[dict], wr
 
 
 def _too_many_attempts(summary: GenerationSummary) -> DataError:
+    novel = f", {summary.novelty_rejected} too close to the pool in all" if summary.novelty_rejected else ""
     return DataError(
         f"{summary.attempts} samples gave only {summary.written - summary.resumed_from} new distinct texts "
-        f"({summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty): the model repeats itself; "
-        "raise --temperature, --eta or --top-k, or pass --keep-duplicates"
+        f"({summary.dropped_duplicates} duplicates, {summary.dropped_empty} empty{novel}): the model repeats itself; "
+        "raise --temperature, --eta or --top-k, " + ("or --novelty-threshold" if novel else "or pass --keep-duplicates")
     )
 
 
@@ -495,6 +505,11 @@ class RoundRun:
         self.labels = [f"real:{i}" for i in range(len(plan.real_token_ids))] + [f"synthetic:{r['id']}" for r in ordered]
         self.next_id = max((r["id"] for r in existing), default=-1) + 1
         self.results: dict[int, tuple[list[int], str]] = {}
+        threshold = plan.request.novelty_threshold
+        self.gate = None
+        if threshold is not None:
+            self.gate = make_gate(plan.run_metadata["novelty_method"], threshold, plan.request.real_texts + [r["text"] for r in ordered])
+            summary.novelty_rejected = max((r.get("novelty_rejected", 0) for r in existing), default=0)
         self.planner = RoundPlanner(
             plan.real_token_ids + [self._example_of(r["text"]) for r in ordered], run_seed=config.seed,
             num_negatives=config.num_negatives if config.eta != 0 else 0, target=plan.request.n, accept=self._accept,
@@ -524,6 +539,14 @@ class RoundRun:
                                    plan.separator_ids) if chosen else []  # fmt: skip
         return Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id, seed=attempt.seed)
 
+    def prepare(self, token_lists) -> None:
+        """Attempts that finished together: their texts embedded in one batch for the novelty gate."""
+        if self.gate is not None:
+            self.gate.prepare([self._text(tokens) for tokens in token_lists])
+
+    def _text(self, tokens) -> str:
+        return self.plan.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
     def finished(self, attempt, token_ids: list[int], finish_reason: str) -> None:
         self.results[attempt.index] = (list(token_ids), finish_reason)
         pool_tokens = token_ids[:-1] if finish_reason == "eos" else token_ids
@@ -533,6 +556,7 @@ class RoundRun:
                 "id": self.next_id, "text": accepted.text, "finish_reason": reason, "num_tokens": len(full),
                 "seed": accepted.attempt.seed, "negative_ids": [self.labels[i] for i in accepted.attempt.negatives],
                 **self.plan.run_metadata,
+                **({"novelty_rejected": self.summary.novelty_rejected} if self.gate is not None else {}),
             })  # fmt: skip
             self.labels.append(f"synthetic:{self.next_id}")
             self.next_id += 1
@@ -547,7 +571,7 @@ class RoundRun:
         return ids[:budget] if budget is not None else ids
 
     def _accept(self, tokens):
-        text = self.plan.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        text = self._text(tokens)
         key = dedupe_key(text)
         self.summary.attempts += 1
         if not key or (not self.plan.request.keep_duplicates and key in self.seen):
@@ -558,6 +582,11 @@ class RoundRun:
         if not example:
             self.summary.dropped_empty += 1
             return None
+        if self.gate is not None:
+            if not self.gate.admits(text):  # too close to the pool: sampled again with the next seed
+                self.summary.novelty_rejected += 1
+                return None
+            self.gate.add(text)
         self.seen.add(key)
         return text, example
 
@@ -574,9 +603,10 @@ def _generate_in_rounds(engine, run: RoundRun, batch_size: int) -> None:
                 running[attempt.index] = attempt
             if not running:
                 raise RuntimeError("the round planner handed out nothing while the run is not done")  # a bug of ours
-            for output in engine.step():
-                if output.finished:
-                    run.finished(running.pop(output.request_id), output.token_ids, output.finish_reason)
+            done = [output for output in engine.step() if output.finished]
+            run.prepare([output.token_ids for output in done])
+            for output in done:
+                run.finished(running.pop(output.request_id), output.token_ids, output.finish_reason)
     finally:
         for request_id in list(running):
             engine.abort_request(request_id)

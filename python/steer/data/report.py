@@ -229,6 +229,55 @@ def plot_tradeoff(rows, path, *, x: str = "diversity", y: str = "coherency", gro
         return _save(figure, path)
 
 
+def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (higher x and higher y are better),
+    ordered by x."""
+    frontier, best_y = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            frontier.append((x, y))
+            best_y = y
+    return sorted(frontier)
+
+
+def plot_frontiers(rows, path, *, x: str = "diversity", y: str = "coherency", chosen: dict | None = None, title: str = "") -> Path:
+    """PNG of several families of cells (``row["family"]``: STEER, temperature, top-p, min-p,
+    plain) in ``x`` (diversity) x ``y`` (coherency), each family's points and its Pareto frontier
+    as a line, plain sampling as a black cross and ``chosen`` as a star: diversity at matched
+    coherency is read across the lines. 1080 x 660 px."""
+    rows = [r for r in rows if _number(r.get(x)) is not None and _number(r.get(y)) is not None]
+    if not rows:
+        raise ValueError(f"plot_frontiers: no row has both {x!r} and {y!r}")
+    families: dict = {}
+    for row in rows:
+        families.setdefault(row["family"], []).append(row)
+    with _style():
+        import matplotlib
+
+        figure = _figure(9, 5.5)
+        axes = figure.subplots()
+        colours = matplotlib.colormaps["tab10"]
+        for index, (family, members) in enumerate(sorted(families.items(), key=lambda item: item[0] != "STEER")):
+            if family == "plain":
+                axes.plot([members[0][x]], [members[0][y]], "kX", markersize=10, label="plain sampling")
+                continue
+            colour = colours(index)
+            points = [(r[x], r[y]) for r in members]
+            axes.plot(*zip(*points), "o", color=colour, alpha=0.45, markersize=6)
+            axes.plot(*zip(*pareto_frontier(points)), "-o", color=colour, linewidth=2, markersize=6, label=family)
+            for r in members:
+                axes.annotate(r["label"].replace("gamma=", "γ").replace(",eta=", " η"), (r[x], r[y]),
+                              textcoords="offset points", xytext=(4, 4), fontsize=7, color="#555555")  # fmt: skip
+        if chosen is not None:
+            axes.plot([chosen[x]], [chosen[y]], "*", color="#d62728", markersize=18, markeredgecolor="black", label="chosen")
+        axes.set_xlabel(f"{x.replace('_', ' ')} (higher = more diverse)")
+        axes.set_ylabel(f"{y} (higher = closer to the real data)")
+        if title:
+            axes.set_title(title)
+        axes.legend(loc="best", frameon=True, framealpha=0.9)
+        return _save(figure, path)
+
+
 _TABLE_COLUMNS = [
     ("diversity", "diversity ↑"),
     ("normalised_3grams", "norm. 3-grams ↑"),

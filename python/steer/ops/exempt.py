@@ -4,7 +4,7 @@ A negative context is a handful of examples, each followed by its end, so it pre
 an example as well as a real one does: the negative term, which rewards the tokens the negatives
 find unlikely, rewards every other token over EOS, and at large eta most samples never end.
 Exempting EOS from that term alone does not help (the other tokens keep their reward: measured
-in docs/design.md, section 7). So with N the negative streams and t_b row b's EOS, the
+in docs/design.md, section 6). So with N the negative streams and t_b row b's EOS, the
 exemption gives EOS the probability that the contrast of the other streams gives it, and the
 other tokens the rest in STEER's proportions:
 
