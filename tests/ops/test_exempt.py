@@ -120,3 +120,10 @@ def test_nothing_to_exempt_is_a_copy():
 def test_bad_arguments_are_named(tokens, streams, message):
     with pytest.raises(ValueError, match=message):
         exempt_from_negatives(random_logits((2, 3, 20)), steer_weights(0.2, 0.4, 1), tokens, streams)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_it_folds_what_the_cpu_folds():
+    _, logits, weights, tokens, streams = CASES[2]
+    on_gpu = exempt_from_negatives(logits.cuda(), weights, tokens.cuda(), streams)
+    torch.testing.assert_close(on_gpu.cpu(), exempt_from_negatives(logits, weights, tokens, streams), rtol=1e-5, atol=1e-5)
