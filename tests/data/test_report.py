@@ -159,6 +159,10 @@ def test_evaluate_files_reads_the_run_settings(tmp_path):
     assert metrics["generation"]["eta"] == "varies" and metrics["knn"] is None
     page = (tmp_path / "out" / "report.html").read_text()
     assert "synthetic.jsonl vs real.jsonl" in page and "<b>gamma</b> = 0.2" in page and "<b>prompt</b>" not in page
+    for name in ("Vendi score", "Self-BLEU-4", "Compression ratio (gzip)", "Self-repetition (4-grams)"):
+        assert name in page, name
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {"vendi_score", "self_bleu", "compression_ratio", "self_repetition"} <= set(on_disk["summary"])
 
     names = [name for name, _ in headline(metrics)]
     assert names[:3] == ["texts compared", "normalised 3-grams", "diversity"]
