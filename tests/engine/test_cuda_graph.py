@@ -62,17 +62,18 @@ def test_captured_decode_steps_give_the_eager_tokens_on_a_gpu(kind):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("graphs", ["off", "capture"])
-def test_a_decode_step_synchronises_with_the_gpu_once(graphs):
+@pytest.mark.parametrize("eos_exempt", [False, True], ids=["", "eos-exempt"])
+def test_a_decode_step_synchronises_with_the_gpu_once(graphs, eos_exempt):
     """After the first steps (prefill, captures), a decode step's only host synchronisation is the
     read-back of its tokens (with the sampler's error buffer): torch's sync debug mode warns on
-    every synchronising call."""
+    every synchronising call. The EOS exemption's fold adds none."""
     import warnings
 
     models = [m.to(device="cuda", dtype=torch.float32) for m in expert_and_base("llama")]
-    config = SteerConfig(gamma=0.5, eta=0.5, temperature=0.7, top_k=20, max_new_tokens=40, seed=1)
+    config = SteerConfig(gamma=0.5, eta=0.5, temperature=0.7, top_k=20, max_new_tokens=40, seed=1, eos_exempt=eos_exempt)
     engine = SteerEngine(*models, config=config, block_size=4, decode_graphs=graphs, max_batch_rows=20)
     for index, request in enumerate(requests()):
-        engine.add_request(Request(request.prompt_ids, request.negative_ids, 40), request_id=index)
+        engine.add_request(Request(request.prompt_ids, request.negative_ids, 40, eos_token_id=2), request_id=index)
     for _ in range(4):  # prefill, then decode steps (captured on first use)
         engine.step()
     torch.cuda.synchronize()

@@ -69,16 +69,16 @@ def exempt_from_negatives(
     chosen = tokens.clamp(min=0)
     steer, contrast = _raw_scores(logits[:, :, :vocab_size], weights, set(negatives))
     delta = _log_odds(contrast, chosen) - _log_odds(steer, chosen)
-    rows = torch.nonzero((tokens >= 0) & (negative_weight != 0) & torch.isfinite(delta)).squeeze(1)
-    if rows.numel() == 0:
-        return out
-    shift = delta[rows] / negative_weight[rows].to(torch.float64)
+    # Masks, not index lists, so that on a GPU nothing here waits for the device (a decode step
+    # synchronises once, when it reads its tokens).
+    applies = (tokens >= 0) & (negative_weight != 0) & torch.isfinite(delta)
+    shift = torch.where(applies, delta, torch.zeros_like(delta)) / torch.where(applies, negative_weight, torch.ones_like(negative_weight)).to(torch.float64)
+    rows = torch.arange(batch, device=logits.device)
     for k in negatives:
-        weighted = weights[rows, k] != 0
-        moved, column = rows[weighted], chosen[rows[weighted]]
-        value = logits[moved, k, column].to(torch.float64)
-        value = torch.where(torch.isneginf(value), torch.full_like(value, NEG_INF_FLOOR), value)  # every backend's floor
-        out[moved, k, column] = (value + shift[weighted]).to(out.dtype)
+        moved = applies & (weights[:, k] != 0)
+        value = logits[rows, k, chosen].to(torch.float64)
+        floored = torch.where(torch.isneginf(value), torch.full_like(value, NEG_INF_FLOOR), value)  # every backend's floor
+        out[rows, k, chosen] = torch.where(moved, floored + shift, value).to(out.dtype)
     return out
 
 
