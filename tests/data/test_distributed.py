@@ -62,11 +62,12 @@ def test_workers_write_the_single_process_records(tmp_path, single, workers):
     assert "worker 0:" in done.stdout and (workers == "1" or "worker 1:" in done.stdout)
 
 
-def _workers_of(process) -> list:
+def _workers_of(process, doing: str = "DecodeWorker") -> list:
+    """The run's worker processes whose title (Ray sets it to the method running) has ``doing``."""
     found = []
     for child in psutil.Process(process.pid).children(recursive=True):
         try:
-            if "DecodeWorker" in " ".join(child.cmdline()):
+            if doing in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:
             continue
@@ -84,12 +85,15 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_samples_redone(tmp_path_fac
     process = subprocess.Popen(command(out, BUSY, "--workers", "2", "--threads-per-worker", "1"), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while _lines(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+        # A worker killed in its __init__ loses nothing (Ray hands the calls queued for it to the
+        # restarted actor): wait until one is running advance, i.e. holds attempts in its engine,
+        # which it does from its first advance on.
+        deadline, busy = time.monotonic() + 240, []
+        while not busy and process.poll() is None and time.monotonic() < deadline:
+            busy = _workers_of(process, "DecodeWorker.advance") if _lines(out) >= 3 else []
             time.sleep(0.02)
-        workers = _workers_of(process)
-        assert workers, "no DecodeWorker process found"
-        os.kill(workers[0].pid, signal.SIGKILL)
+        assert busy, "no DecodeWorker process ran advance"
+        os.kill(busy[0].pid, signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
