@@ -313,7 +313,8 @@ def test_a_client_that_times_out_is_aborted(server):
     idle(server)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=0.3)
     with pytest.raises(openai.APITimeoutError):
-        client.completions.create(model=MODEL, prompt="", max_tokens=24, extra_body={"ignore_eos": True}, n=8, seed=41)
+        # 16 x 200 tokens: seconds of work on any machine, so the 0.3 s timeout always fires first
+        client.completions.create(model=MODEL, prompt="", max_tokens=200, extra_body={"ignore_eos": True}, n=16, seed=41)
     values = idle(server)
     assert values["steer_requests_running"] == 0 and values["steer_kv_blocks_used"] == 0
 
