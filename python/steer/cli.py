@@ -79,7 +79,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
     if not serve:  # a server's requests bring or draw their own negatives
         group.add_argument("--share-negatives", type=int, default=1, help="K consecutive samples use one draw of negative examples, so their negative context is prefilled once (default 1: a draw per sample, the paper's)")
-    group.add_argument("--eos-exempt", action="store_true", help="score the end-of-text token by the expert-vs-base contrast alone, without the negative term, which otherwise keeps samples from ending at large eta (not in the paper)")
+    group.add_argument("--eos-exempt", action="store_true", help="let the expert-vs-base contrast alone decide the probability of the end-of-text token; the negatives, which otherwise keep samples from ending at large eta, still shape the rest (not in the paper)")
     group.add_argument("--seed", type=int, default=0, help="the run's seed (default 0): the k-th sample attempted uses seed + k; attempts that give an empty text or a duplicate are dropped, so the seeds in the records can skip numbers")
     run = parser.add_argument_group("running")
     run.add_argument("--batch-size", type=int, default=16, help="samples decoded at once (default 16)")

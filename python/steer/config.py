@@ -106,9 +106,10 @@ class SteerConfig:
     share_negatives: K consecutive samples use one draw of negatives (1: a draw per sample, the
         paper's), so their negative contexts are one cached prefix, prefilled once: the formula
         is unchanged, the draw policy is not (fewer distinct negative sets per run).
-    eos_exempt: score the EOS token by the contrast alone, without the negative term (the negative
-        contexts predict the end of an example too, so at eta 0.6 most samples would never end;
-        not in the paper). Needs the EOS token id where sampling happens (steer.ops.exempt).
+    eos_exempt: the EOS token gets the probability the contrast (expert vs base) gives it, the
+        other tokens share the rest in STEER's proportions (the negative contexts predict the end
+        of an example too, so at eta 0.6 many samples would never end; not in the paper). Needs
+        the EOS token id where sampling happens (steer.ops.exempt).
     max_new_tokens: generation length limit per sample.
     seed: base seed for reproducible sampling (None: nondeterministic).
     """

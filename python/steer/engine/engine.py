@@ -457,7 +457,7 @@ class SteerEngine:
             logits[rows, 0, columns] = -math.inf
         weights = torch.tensor(slot_weights(groups, logits.shape[1]), dtype=torch.float32)
         exempt = [g.exempt_token for g in groups]
-        if any(token >= 0 for token in exempt):  # eos_exempt: EOS scored without the negative slots
+        if any(token >= 0 for token in exempt):  # eos_exempt: the contrast decides EOS, not the negative slots
             negative_slots = range(1, expert_slots(groups))
             exempt_from_negatives(logits, weights, self._on_device(exempt), negative_slots, vocab_size=self.vocab_size, in_place=True)
         keys = self._on_device(

@@ -74,8 +74,8 @@ class Request:
         takes the engine's ``SteerConfig``. Requests with different values share a batch.
     seed: this request's noise (its tokens are then the same in any batch); None shares the
         engine's seed, told apart by the request's position.
-    eos_exempt: score eos_token_id without the negative term (SteerConfig.eos_exempt); None
-        takes the engine's config.
+    eos_exempt: eos_token_id gets the contrast's probability, not the negatives' say
+        (SteerConfig.eos_exempt); None takes the engine's config.
     """
 
     prompt_ids: list[int]
@@ -177,7 +177,7 @@ class SampleGroup:
     group_id: the engine's sequence number of the request (the noise's row key when the request
         has no seed of its own); request_id: the caller's name for it.
     weights: the K stream weights, from ``steer.config.stream_weights``, computed once here.
-    exempt_token: the token scored without the negative streams (its EOS, with eos_exempt), or -1.
+    exempt_token: the token whose probability the contrast decides (its EOS, with eos_exempt), or -1.
     """
 
     group_id: int
@@ -212,10 +212,9 @@ class SampleGroup:
         sampling = Sampling(
             request.setting("temperature", config), request.setting("top_k", config), request.setting("top_p", config)
         )
-        exempt = request.eos_token_id if request.setting("eos_exempt", config) and request.eos_token_id is not None else -1
-        group = cls(group_id, request, streams, weights, sampling, request.seed if seed is None else seed, request_id)
-        group.exempt_token = exempt if negatives else -1
-        return group
+        exempts = negatives > 0 and request.setting("eos_exempt", config) and request.eos_token_id is not None
+        return cls(group_id, request, streams, weights, sampling, request.seed if seed is None else seed, request_id,
+                   exempt_token=request.eos_token_id if exempts else -1)  # fmt: skip
 
     @property
     def num_streams(self) -> int:

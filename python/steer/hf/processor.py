@@ -106,8 +106,8 @@ class SteerLogitsProcessor(LogitsProcessor):
         vocab_size: the tokenizer size, needed only when expert and base LM heads are padded
             differently; ids at or beyond it are never generated.
         backend: which ``steer.combine`` backend to use.
-        exempt_token_id: a token (the EOS) scored without the negative term
-            (``SteerConfig.eos_exempt``); None exempts nothing.
+        exempt_token_id: a token (the EOS) whose probability the contrast decides, not the
+            negatives (``SteerConfig.eos_exempt``); None exempts nothing.
 
     The base and negative streams keep their own KV caches across steps. A new ``generate`` call
     (input_ids that do not continue the previous call's) starts them afresh.

@@ -39,7 +39,7 @@ def steer_generate_uncached(
     eos_exempt: bool = False,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` for one prompt; return the new token ids (1-D, EOS kept).
-    ``eos_exempt``: EOS is scored without the negative streams (steer.reference's ``exempt``)."""
+    ``eos_exempt``: EOS gets the contrast's probability (steer.reference's ``exempt``)."""
     weights = steer_weights(gamma, eta, len(negative_streams) if eta != 0 else 0)
     exempt = None
     if eos_exempt and eta != 0 and eos_token_id is not None:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from steer.ops import validate
-from steer.ops.draw import NEG_INF_FLOOR
+from steer.ops.draw import floored_logits
 
 
 def exempt_from_negatives(
@@ -77,7 +77,7 @@ def exempt_from_negatives(
     for k in negatives:
         moved = applies & (weights[:, k] != 0)
         value = logits[rows, k, chosen].to(torch.float64)
-        floored = torch.where(torch.isneginf(value), torch.full_like(value, NEG_INF_FLOOR), value)  # every backend's floor
+        floored = floored_logits(value.view(-1, 1, 1), weights[:, k : k + 1], torch.float64).view(-1)  # every backend's floor
         out[rows, k, chosen] = torch.where(moved, floored + shift, value).to(out.dtype)
     return out
 
@@ -89,8 +89,7 @@ def _raw_scores(logits: torch.Tensor, weights: torch.Tensor, negatives: set[int]
     contrast = torch.zeros_like(steer)
     for k in range(logits.shape[1]):
         w = weights[:, k : k + 1]
-        z = logits[:, k].float()
-        z = torch.where((w < 0) & torch.isneginf(z), torch.full_like(z, NEG_INF_FLOOR), z)
+        z = floored_logits(logits[:, k : k + 1], w)[:, 0]
         term = torch.where(w == 0, torch.zeros_like(z), w * z)
         steer += term
         if k not in negatives:
