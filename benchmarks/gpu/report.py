@@ -348,6 +348,35 @@ def section_engine(records: list[dict]) -> list[str]:
     return lines
 
 
+def share_headline(records: list[dict]) -> list[str]:
+    rows = [r for r in records if r.get("kind") == "share" and "batch" in r and r.get("seconds")]
+    return [f"batch {r['batch']}: K=1/K=16 {f(r.get('k1_over_k16'), '.2f')}x (target >= 2), "
+            f"K=16/plain {f(r.get('k16_over_plain'), '.2f')}x (target <= 1.5)" for r in rows]
+
+
+def section_share(records: list[dict]) -> list[str]:
+    setup = next((r for r in records if r.get("kind") == "share" and r.get("record") == "setup"), None)
+    rows = [r for r in records if r.get("kind") == "share" and "batch" in r]
+    if not rows:
+        return ["No results."]
+    lines = []
+    if setup:
+        lines.append(f"- `steer generate --n {setup['samples']} --max-new-tokens {setup['max_new_tokens']}` on the demo models "
+                     "(defaults: gamma = eta = 0.2, 5 negatives in one stream); plain = gamma = eta = 0; models loaded once, "
+                     "a fresh engine per run; ratios are medians of each round's own ratio")
+    lines += ["", "| batch | plain s | K=1 s | K=16 s | K=1 / K=16 (>= 2x) | K=16 / plain (<= 1.5x) | K=1 / plain | "
+              "negative tokens cached (K=1 / K=16) | timed rounds | errors |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        seconds, hits = r.get("seconds") or {}, r.get("negative_cache_hit") or {}
+        errors = "; ".join(f"{k}: {v}" for k, v in (r.get("errors") or {}).items()) or r.get("error", "")
+        cached = "/".join(pct(hits.get(c), 1.0) if hits.get(c) is not None else "-" for c in ("K=1", "K=16"))
+        lines.append(f"| {r['batch']} | {f(seconds.get('plain'), '.2f')} | {f(seconds.get('K=1'), '.2f')} | "
+                     f"{f(seconds.get('K=16'), '.2f')} | {f(r.get('k1_over_k16'), '.2f')} | {f(r.get('k16_over_plain'), '.2f')} | "
+                     f"{f(r.get('k1_over_plain'), '.2f')} | {cached} | {r.get('rounds', '-')} | {md_escape(errors)[:300]} |")
+    return lines
+
+
 def failure_tails(steps: list[dict], work: Path, lines_per_step: int = 40) -> list[str]:
     out = []
     for s in steps:
@@ -424,6 +453,7 @@ def main() -> int:
     lines += ["", "## Sampler", ""] + section_sampler(records)
     lines += ["", "## Paged attention", ""] + section_attention(records)
     lines += ["", "## Engine throughput", ""] + section_engine(records)
+    lines += ["", "## Shared negative draws (--share-negatives)", ""] + section_share(records)
     tails = failure_tails(steps, args.work)
     if tails:
         lines += ["", "## Output of the failed steps", ""] + tails
@@ -450,7 +480,7 @@ def main() -> int:
             print(f"exactness: {len(cases) - len(bad)}/{len(cases)} exact or tied"
                   + "".join(f"\n  {r['status']} {r['case']}: {r['detail'][:200]}" for r in bad))
         for label, headline in (("sampler", sampler_headline(records)), ("attention", attention_headline(records)),
-                                ("engine", engine_headline(records))):
+                                ("engine", engine_headline(records)), ("share", share_headline(records))):
             for line in headline:
                 print(f"{label}: {line}")
         print(f"results: {args.md}")

@@ -74,6 +74,13 @@ def _workers_of(process, doing: str = "DecodeWorker") -> list:
     return found
 
 
+def _title_has(process, doing: str) -> bool:
+    try:
+        return doing in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def _lines(path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -88,10 +95,15 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_samples_redone(tmp_path_fac
         # A worker killed in its __init__ loses nothing (Ray hands the calls queued for it to the
         # restarted actor): wait until one is running advance, i.e. holds attempts in its engine,
         # which it does from its first advance on.
-        deadline, busy = time.monotonic() + 240, []
+        # The workers are found once (a scan of the run's process tree takes tens of ms, longer
+        # than a fast host's advance call), then only their titles are polled.
+        deadline, workers, busy = time.monotonic() + 240, [], []
         while not busy and process.poll() is None and time.monotonic() < deadline:
-            busy = _workers_of(process, "DecodeWorker.advance") if _lines(out) >= 3 else []
-            time.sleep(0.02)
+            if len(workers) < 2:
+                workers = _workers_of(process)
+            if workers and _lines(out) >= 3:
+                busy = [worker for worker in workers if _title_has(worker, "DecodeWorker.advance")]
+            time.sleep(0.001)
         assert busy, "no DecodeWorker process ran advance"
         os.kill(busy[0].pid, signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=300)

@@ -89,6 +89,58 @@ def test_projection_adds_the_delta_to_the_leading_rows_only():
     assert isinstance(projection, Projection) and len(projection.deltas) == 1
 
 
+@pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "conv1d"])
+def test_a_merged_projection_gives_the_delta_path_numbers_for_any_split(conv1d):
+    """Merged copy (W + s B A, bias + s b_B) for uniform calls, the delta for mixed ones: the
+    numbers of PEFT's layer either way, in both weight layouts, with a LoRA bias."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Conv1D(5, 6) if conv1d else torch.nn.Linear(6, 5))
+    config = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["0"], lora_bias=True, fan_in_fan_out=conv1d)
+    layer = get_peft_model(model, config).base_model.model[0]
+    merged = projection_of(layer, "0", merge_adapters=True)
+    assert merged.merged_weight is not None and merged.merged_weight.shape == merged.weight.shape
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        adapted, plain = layer(x), layer.base_layer(x)
+        for split in range(5):
+            got = merged(x, adapter_tokens=split)
+            torch.testing.assert_close(got[:split], adapted[:split])
+            torch.testing.assert_close(got[split:], plain[split:])
+
+
+def test_merge_adapters_auto_merges_small_float32_models_on_the_cpu_only(monkeypatch):
+    import steer.engine.engine as engine_module
+    from steer.engine.projection import adapted_weight_bytes
+
+    expert, _ = lora_expert_and_base("llama")
+    expert.to(torch.float32)
+    first = lambda engine: engine.passes[0][0].layers[0].q  # noqa: E731
+    assert first(SteerEngine(expert, block_size=4)).merged_weight is not None
+    assert first(SteerEngine(expert, block_size=4, merge_adapters=False)).merged_weight is None
+    monkeypatch.setattr(engine_module, "MERGE_ADAPTERS_MAX_BYTES", adapted_weight_bytes(expert) - 1)
+    assert first(SteerEngine(expert, block_size=4)).merged_weight is None  # too large to copy
+    assert first(SteerEngine(expert, block_size=4, merge_adapters=True)).merged_weight is not None
+    half, _ = lora_expert_and_base("llama")
+    half.to(torch.bfloat16)
+    assert first(SteerEngine(half, block_size=4)).merged_weight is None
+    with pytest.raises(ValueError, match="round most of the deltas away"):
+        SteerEngine(half, block_size=4, merge_adapters=True)
+    with pytest.raises(ValueError, match="merge_adapters must be"):
+        SteerEngine(expert, block_size=4, merge_adapters="yes")
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_merged_and_delta_engines_are_both_the_formula(merge):
+    expert, base = lora_expert_and_base("llama")
+    config = SteerConfig(gamma=0.6, eta=0.5, temperature=0.0, max_new_tokens=NEW)
+    assert_is_the_formula(SteerEngine(expert, config=config, block_size=4, merge_adapters=merge).generate(requests()), expert, base, 0.6, 0.5)
+    plain = SteerConfig(gamma=0.0, eta=0.0, temperature=0.0, max_new_tokens=NEW)  # every row the expert's: merged copy
+    assert_is_the_formula(SteerEngine(expert, config=plain, block_size=4, merge_adapters=merge).generate(requests()), expert, base, 0.0, 0.0)
+
+
 def test_gamma_zero_needs_no_base():
     expert = tiny_llama(seed=1)
     config = SteerConfig(gamma=0.0, eta=0.5, temperature=0.0, max_new_tokens=NEW)

@@ -18,6 +18,13 @@ FLOAT32, BF16 = 0, 2  # steer._C dtype codes
 OUT_IN, IN_OUT = 0, 1  # steer._C layout codes
 
 
+@pytest.fixture(autouse=True)
+def kernel_for_every_weight_size(monkeypatch):
+    """The small weights of these tests would go to torch's GEMM (KERNEL_MIN_WEIGHT_BYTES): let
+    them reach the kernel, whose numbers are what is tested here."""
+    monkeypatch.setattr(module, "KERNEL_MIN_WEIGHT_BYTES", 0)
+
+
 def make_weight(n_out: int, n_in: int, layout: str, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     shape = (n_out, n_in) if layout == "out_in" else (n_in, n_out)
@@ -136,6 +143,17 @@ def test_the_kernel_runs_exactly_where_uses_kernel_says(monkeypatch):
         decode_linear(torch.randn(limit + 1, 32), weight.bfloat16())  # half weight, float32 x: kernel
         decode_linear(torch.randn(3, 32).double(), weight.double())  # float64: torch
     assert calls == [limit, limit + 1]
+
+
+def test_weights_that_stay_in_cache_go_to_torch_where_x_shares_their_dtype(monkeypatch):
+    monkeypatch.undo()  # the module's real threshold
+    small_elements = module.KERNEL_MIN_WEIGHT_BYTES // 4 - 1
+    small, large = torch.randn(small_elements, 1), torch.randn(module.KERNEL_MIN_WEIGHT_BYTES // 4, 1)
+    x = torch.randn(4, 1)
+    with torch.inference_mode():
+        assert not uses_kernel(x, small) and uses_kernel(x, large)
+        assert uses_kernel(x, small.bfloat16())  # float32 x, half weight: torch would copy the weight
+        torch.testing.assert_close(decode_linear(x, small), F.linear(x, small))
 
 
 def test_autograd_falls_back_to_torch():

@@ -39,6 +39,7 @@ from steer.engine.cuda_graph import DecodeGraphs
 from steer.engine.kv_cache import PagedKVCache
 from steer.engine.model_runner import ModelRunner, expert_slots, slot_weights
 from steer.engine.models import runner_for
+from steer.engine.projection import adapted_weight_bytes
 from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler, StepPlan
 from steer.engine.sequence import Request, SampleGroup
@@ -46,6 +47,8 @@ from steer.model_info import context_length, shared_vocabulary_size
 from steer.ops import dispatch, exempt_from_negatives, read_tokens, sample_deferred
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
+# merge_adapters="auto" merges up to this many bytes of adapted weights (see _should_merge).
+MERGE_ADAPTERS_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,13 @@ class SteerEngine:
             attention (steer.engine.cuda_graph) and runs eagerly elsewhere; "capture" insists;
             "off" never; "static" runs the graphs' padded static batches without capturing (tests).
             With graphs one KV block is kept back as the padding rows' scratch block.
+        merge_adapters: how a LoRA expert's adapters run (steer.engine.projection): "auto" keeps a
+            merged copy of each adapted weight on the CPU for a float32 / float64 model whose
+            adapted weights take at most MERGE_ADAPTERS_MAX_BYTES (there a step is bound by its
+            number of matmul calls, not by reading weights; the copy costs that much memory), for
+            the calls whose rows are all the expert's, and applies the low-rank deltas everywhere
+            else; True or False insist. Merging a half-precision model is refused: its
+            rounding would erase most of a small delta.
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class SteerEngine:
         backend: str = "auto",
         attention_backend: str = "auto",
         decode_graphs: str = "auto",
+        merge_adapters: str | bool = "auto",
     ) -> None:
         self.config = config if config is not None else SteerConfig()
         if device is not None or dtype is not None:
@@ -124,7 +135,7 @@ class SteerEngine:
         if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise ValueError(f"max_batch_tokens must be None or an int >= 1, got {max_batch_tokens!r}")
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
-        self.passes = self._forward_passes(expert, base)
+        self.passes = self._forward_passes(expert, base, self._should_merge(merge_adapters, expert))
         self.has_base = any("base" in namespaces for _, namespaces in self.passes)
         self.max_context_length = self._max_context_length()
         parameter = next(expert.parameters())
@@ -163,10 +174,23 @@ class SteerEngine:
         width = -(-(self.max_context_length or num_blocks * block_size) // block_size)
         return DecodeGraphs(block_size, max_rows, min(width, num_blocks), num_blocks - 1, self.device, self.dtype, mode=mode)
 
-    def _forward_passes(self, expert, base) -> list[tuple]:
+    @staticmethod
+    def _should_merge(mode, expert) -> bool:
+        """Whether the expert's LoRA projections run through merged copies (``merge_adapters``)."""
+        if mode not in ("auto", True, False):
+            raise ValueError(f"merge_adapters must be 'auto', True or False, got {mode!r}")
+        parameter = next(expert.parameters())
+        full_precision = parameter.dtype in (torch.float32, torch.float64)
+        if mode is True and not full_precision:
+            raise ValueError(f"merge_adapters=True: merging LoRA adapters into {parameter.dtype} weights would round most of the deltas away; use a float32 model")
+        if mode == "auto":
+            return full_precision and parameter.device.type == "cpu" and adapted_weight_bytes(expert) <= MERGE_ADAPTERS_MAX_BYTES
+        return bool(mode)
+
+    def _forward_passes(self, expert, base, merge_adapters: bool) -> list[tuple]:
         """(runner, namespaces) of each forward of a step; a runner's adapters apply to the rows of
         its first namespace. One pass when the base is the expert with its adapters off."""
-        expert_runner = runner_for(expert)
+        expert_runner = runner_for(expert, merge_adapters=merge_adapters)
         if base is None:
             if expert_runner.has_adapters:
                 return [(expert_runner, ("expert", "base"))]

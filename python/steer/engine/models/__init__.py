@@ -27,8 +27,9 @@ def unsupported_reason(model, longest_context: int | None = None) -> str | None:
     return None
 
 
-def runner_for(model):
-    """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper)."""
+def runner_for(model, *, merge_adapters: bool = False):
+    """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper);
+    ``merge_adapters``: its LoRA projections keep a merged copy (steer.engine.projection)."""
     inner = hf_module(model)
     model_type = getattr(inner.config, "model_type", None)
     family = FAMILIES.get(model_type)
@@ -37,4 +38,4 @@ def runner_for(model):
             f"the steer engine runs {supported_model_types()} models, got model_type={model_type!r}; "
             "use steer.SteerLogitsProcessor with model.generate for other architectures"
         )
-    return RUNNERS[family](inner)
+    return RUNNERS[family](inner, merge_adapters=merge_adapters)

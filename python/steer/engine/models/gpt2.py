@@ -25,7 +25,7 @@ class GPT2Layer:
 
 
 class GPT2Runner:
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, merge_adapters: bool = False) -> None:
         self.model = model
         self.transformer = model.transformer
         config = model.config
@@ -35,7 +35,7 @@ class GPT2Runner:
         self.head_dim = config.n_embd // config.n_head
         self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
         self.kv_shape = KVShape(config.n_layer, self.num_heads, self.head_dim)
-        read = ProjectionReader(model)
+        read = ProjectionReader(model, merge_adapters=merge_adapters)
         self.layers = [
             GPT2Layer(
                 block.ln_1, read(block.attn.c_attn, f"transformer.h.{i}.attn.c_attn"),

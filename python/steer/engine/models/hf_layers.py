@@ -99,7 +99,7 @@ def _shadow(module, name: str, config, context: StepContext, read: ProjectionRea
 
 
 class HFLayersRunner:
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, merge_adapters: bool = False) -> None:
         _register_attention()
         self.model = model
         config = copy.copy(model.config)  # not the setter: it would also change the shared sub-configs
@@ -109,7 +109,7 @@ class HFLayersRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.kv_shape = KVShape(config.num_hidden_layers, self.num_kv_heads, self.head_dim)
         self.context = StepContext()
-        read = ProjectionReader(model)
+        read = ProjectionReader(model, merge_adapters=merge_adapters)
         self.decoder = _shadow(model.get_decoder(), "model", config, self.context, read)
         self.lm_head = read(model.lm_head, "lm_head")
         read.check_all_adapters_covered()

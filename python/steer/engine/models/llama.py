@@ -42,7 +42,7 @@ class LlamaLayer:
 
 
 class LlamaFamilyRunner:
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, merge_adapters: bool = False) -> None:
         self.model = model
         self.decoder = model.model
         config = model.config
@@ -51,7 +51,7 @@ class LlamaFamilyRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.kv_shape = KVShape(config.num_hidden_layers, self.num_kv_heads, self.head_dim)
         windows = sliding_windows(config, config.num_hidden_layers)
-        read = ProjectionReader(model)
+        read = ProjectionReader(model, merge_adapters=merge_adapters)
         self.layers = []
         for index, layer in enumerate(self.decoder.layers):
             attention, mlp, name = layer.self_attn, layer.mlp, f"model.layers.{index}"
