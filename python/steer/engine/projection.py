@@ -56,7 +56,6 @@ class LoraDelta:
             low_rank.mul_(self.scaling)
         return decode_linear(low_rank, self.b).to(x.dtype)
 
-
     def dense(self, layout: str) -> torch.Tensor:
         """s B A in the base weight's layout ([out, in] for "out_in", [in, out] for "in_out")."""
         product = (self.b.to(torch.float64) @ self.a.to(torch.float64)) * self.scaling
@@ -97,13 +96,11 @@ class Projection:
         ``adapter_tokens`` is a [T, 1] tensor of 0s and 1s (a CUDA graph's static batch, whose
         split cannot change between replays), to the rows where it is 1. ``out``: where to write
         it (see decode_linear)."""
-        if self.merged_weight is not None and self._uniform(x, adapter_tokens):
-            # Rows all expert (plain sampling, an expert with its own base model) or all base:
-            # one matmul. Mixed rows keep the delta: one matmul over all of them plus the
-            # low-rank product costs less than two matmuls over their halves.
-            if adapter_tokens > 0:
-                return decode_linear(x, self.merged_weight, self.merged_bias, layout=self.layout, out=out)
-            return decode_linear(x, self.weight, self.bias, layout=self.layout, out=out)
+        if self.merged_weight is not None and not isinstance(adapter_tokens, torch.Tensor) and adapter_tokens >= x.shape[0]:
+            # Every row the expert's (plain sampling, an expert with its own base): one matmul.
+            # Mixed rows keep the delta below: one matmul over all of them plus the low-rank
+            # product costs less than two matmuls over their parts.
+            return decode_linear(x, self.merged_weight, self.merged_bias, layout=self.layout, out=out)
         y = decode_linear(x, self.weight, self.bias, layout=self.layout, out=out)
         if not self.deltas:
             return y
@@ -115,11 +112,6 @@ class Projection:
             for delta in self.deltas:
                 y[:adapter_tokens] += delta(head)
         return y
-
-    @staticmethod
-    def _uniform(x: torch.Tensor, adapter_tokens) -> bool:
-        """Whether every row of x, or none, takes the adapters (a merged weight then serves)."""
-        return not isinstance(adapter_tokens, torch.Tensor) and (adapter_tokens <= 0 or adapter_tokens >= x.shape[0])
 
 
 def is_lora_layer(module) -> bool:
