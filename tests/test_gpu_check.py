@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu" / "run.sh"
-STEPS = ["env", "build", "tests_gpu", "tests_cuda", "exactness", "sampler", "attention", "engine"]
+STEPS = ["env", "build", "tests_gpu", "tests_cuda", "exactness", "sampler", "attention", "engine", "share"]
 
 pytest.importorskip("triton")
 if shutil.which("bash") is None or shutil.which("timeout") is None:
@@ -42,13 +42,13 @@ def test_dry_run_passes_and_writes_one_results_file(dry_run):
     assert len(md) == 1, sorted(p.name for p in out.iterdir())
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-cpu-dryrun-[A-Za-z0-9]+\.md", md[0].name)
     assert md[0].with_suffix(".log").exists() and md[0].with_suffix(".jsonl").exists()
-    assert "verdict: all 8 steps ok" in result.stdout
+    assert "verdict: all 9 steps ok" in result.stdout
 
 
 def test_every_step_is_named_with_a_status(dry_run):
     _, out = dry_run
     text = next(out.glob("*.md")).read_text()
-    assert "**Verdict: all 8 steps ok" in text
+    assert "**Verdict: all 9 steps ok" in text
     for step in STEPS:
         row = re.search(rf"^\| {step} \| [^|]* \| ([^|]+) \|", text, flags=re.MULTILINE)
         assert row, f"no row for step {step} in the results file"
@@ -63,9 +63,12 @@ def test_the_records_hold_every_section(dry_run):
     _, out = dry_run
     records = [json.loads(line) for line in next(out.glob("*.jsonl")).read_text().splitlines()]
     kinds = {r["kind"] for r in records}
-    assert {"env", "step", "exactness", "sampler", "attention", "engine"} <= kinds
+    assert {"env", "step", "exactness", "sampler", "attention", "engine", "share"} <= kinds
     assert [r["step"] for r in records if r["kind"] == "step"] == STEPS
     assert all(r["status"] == "exact" for r in records if r["kind"] == "exactness" and "case" in r)
     assert all(r.get("correct") for r in records if r["kind"] == "attention" and "case" in r)
     engine = [r for r in records if r["kind"] == "engine" and "batch" in r]
     assert engine and all(r.get("steer_over_single_time") for r in engine)
+    share = [r for r in records if r["kind"] == "share" and "batch" in r]
+    assert share and all(r.get("k1_over_k16") and r.get("k16_over_plain") for r in share)
+    assert all(r["negative_cache_hit"]["K=16"] > r["negative_cache_hit"]["K=1"] for r in share)

@@ -139,6 +139,15 @@ class Budget:
         return self.left() <= reserve
 
 
+def batch_out_of_budget(budget: Budget, records: Records, batch: int) -> bool:
+    """True, with the note and the error record, when the budget leaves no time for ``batch``."""
+    if not budget.over(reserve=5):
+        return False
+    note(f"budget spent: batch {batch} not run")
+    records.emit(batch=batch, error="not run: budget spent")
+    return True
+
+
 _FLUSH: dict = {}
 
 

@@ -97,9 +97,7 @@ def main() -> int:
     single_config = SteerConfig(gamma=0.0, eta=0.0, temperature=0.0, max_new_tokens=new)
     failures = 0
     for index, batch in enumerate(batches):
-        if budget.over(reserve=5):
-            common.note(f"budget spent: batch {batch} not run")
-            records.emit(batch=batch, error="not run: budget spent")
+        if common.batch_out_of_budget(budget, records, batch):
             failures += 1
             continue
         gen = torch.Generator().manual_seed(batch)

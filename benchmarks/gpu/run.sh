@@ -13,6 +13,7 @@
 #   --commit SHA    the commit to record (default: STEER_COMMIT, `git rev-parse HEAD`, the file
 #                   benchmarks/gpu/COMMIT, else 'unknown'); the copy of a tree without .git needs it
 #   --skip / --only steps by name: env build tests_gpu tests_cuda exactness sampler attention engine
+#                   share
 #   --dry-run       the same steps on the CPU: TRITON_INTERPRET=1, tiny shapes, a couple of cases
 #                   each, cmake configure instead of the build, the CUDA backend tests skipped
 #
@@ -49,7 +50,7 @@ done
 [[ $BUDGET =~ ^[0-9]*$ ]] || { echo "run.sh: --budget takes whole seconds, got '$BUDGET'" >&2; exit 64; }
 
 PY="${PYTHON:-python3}"
-STEPS=(env build tests_gpu tests_cuda exactness sampler attention engine)
+STEPS=(env build tests_gpu tests_cuda exactness sampler attention engine share)
 for name in ${SKIP//,/ } ${ONLY//,/ }; do
   [[ " ${STEPS[*]} " == *" $name "* ]] || { echo "run.sh: no step '$name'; steps: ${STEPS[*]}" >&2; exit 64; }
 done
@@ -58,14 +59,14 @@ if ((DRY)); then
   export TRITON_INTERPRET=1 STEER_GPU_CHECK_DRY_RUN=1
   : "${BUDGET:=170}"
   [[ -n $OUT ]] || OUT="$(mktemp -d "${TMPDIR:-/tmp}/steer-gpu-check.XXXXXX")"
-  CAP=([env]=30 [build]=60 [tests_gpu]=90 [tests_cuda]=30 [exactness]=60 [sampler]=45 [attention]=30 [engine]=45)
-  MIN=([env]=5 [build]=10 [tests_gpu]=15 [tests_cuda]=0 [exactness]=10 [sampler]=10 [attention]=10 [engine]=10)
+  CAP=([env]=30 [build]=60 [tests_gpu]=90 [tests_cuda]=30 [exactness]=60 [sampler]=45 [attention]=30 [engine]=45 [share]=45)
+  MIN=([env]=5 [build]=10 [tests_gpu]=15 [tests_cuda]=0 [exactness]=10 [sampler]=10 [attention]=10 [engine]=10 [share]=10)
 else
   unset TRITON_INTERPRET STEER_GPU_CHECK_DRY_RUN  # the GPU check runs the compiled kernels
   : "${BUDGET:=450}"
   [[ -n $OUT ]] || OUT="$ROOT/benchmarks/results/gpu"
-  CAP=([env]=40 [build]=240 [tests_gpu]=180 [tests_cuda]=100 [exactness]=100 [sampler]=80 [attention]=80 [engine]=180)
-  MIN=([env]=10 [build]=60 [tests_gpu]=60 [tests_cuda]=30 [exactness]=30 [sampler]=30 [attention]=30 [engine]=60)
+  CAP=([env]=40 [build]=240 [tests_gpu]=180 [tests_cuda]=100 [exactness]=100 [sampler]=80 [attention]=80 [engine]=180 [share]=120)
+  MIN=([env]=10 [build]=60 [tests_gpu]=60 [tests_cuda]=30 [exactness]=30 [sampler]=30 [attention]=30 [engine]=60 [share]=40)
 fi
 REPORT_RESERVE=10
 mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)" || { echo "run.sh: cannot create $OUT" >&2; exit 1; }
@@ -312,6 +313,7 @@ run_step exactness "$PY" "$HERE/engine_exactness.py" --jsonl "$JSONL"
 run_step sampler "$PY" "$HERE/bench_sampler.py" --jsonl "$JSONL"
 run_step attention "$PY" "$HERE/bench_attention.py" --jsonl "$JSONL"
 run_step engine "$PY" "$HERE/engine_throughput.py" --jsonl "$JSONL"
+run_step share "$PY" "$HERE/share_negatives.py" --jsonl "$JSONL"
 
 echo
 report --final --summary

@@ -31,7 +31,7 @@ CONTENDERS = {
 RATIOS = {"k1_over_k16": ("K=1", "K=16"), "k16_over_plain": ("K=16", "plain"), "k1_over_plain": ("K=1", "plain")}
 
 
-def make_run(folder: Path, settings: dict, batch: int, n: int, max_new: int, device: str, models: dict):
+def make_run(folder: Path, label: str, settings: dict, batch: int, n: int, max_new: int, device: str, models: dict):
     from steer.config import SteerConfig
     from steer.data.generate import GenerateRequest, build_engine, plan_generation, run_generation
     from steer.data.models import load_models
@@ -40,7 +40,7 @@ def make_run(folder: Path, settings: dict, batch: int, n: int, max_new: int, dev
     real, counter = demo_real_examples(), iter(range(10**6))
 
     def once() -> dict:
-        out = folder / f"run-{next(counter)}.jsonl"
+        out = folder / f"{label.replace('=', '')}-{next(counter)}.jsonl"  # steer never overwrites
         config = SteerConfig(**{"top_k": 10, "max_new_tokens": max_new, "seed": 0, **settings})
         request = GenerateRequest(real_texts=real, real_name="pyjokes", expert=str(demo_expert_dir()), base=str(demo_base_dir()),
                                   prompt="", n=n, out=out, config=config, quiet=True, batch_size=batch, device=device)  # fmt: skip
@@ -84,14 +84,12 @@ def main() -> int:
     failures, models = 0, {}
     with tempfile.TemporaryDirectory() as scratch:
         for index, batch in enumerate(batches):
-            if budget.over(reserve=5):
-                common.note(f"budget spent: batch {batch} not run")
-                records.emit(batch=batch, error="not run: budget spent")
+            if common.batch_out_of_budget(budget, records, batch):
                 failures += 1
                 continue
             folder = Path(scratch) / f"b{batch}"
             folder.mkdir()
-            runs = {label: make_run(folder, settings, batch, n, max_new, dev.type, models) for label, settings in CONTENDERS.items()}
+            runs = {label: make_run(folder, label, settings, batch, n, max_new, dev.type, models) for label, settings in CONTENDERS.items()}
             times: dict[str, list[float]] = {label: [] for label in runs}
             hits, tokens, errors, warm = {}, {}, {}, {}
             for label, run in runs.items():  # warm-up: first loads and compiles
