@@ -9,7 +9,7 @@ from tiny_models import EOS, HF_LAYER_ARCHS, lora_expert_and_base, tiny_llama
 from steer import SteerConfig
 from steer.engine.engine import SteerEngine
 from steer.engine.models import runner_for
-from steer.engine.projection import Projection, projection_of
+from steer.engine.projection import Projection, fuse_projections, projection_of
 from steer.engine.sequence import Request
 from steer.hf.uncached import steer_generate_uncached
 
@@ -117,7 +117,7 @@ def test_merge_adapters_auto_merges_small_float32_models_on_the_cpu_only(monkeyp
 
     expert, _ = lora_expert_and_base("llama")
     expert.to(torch.float32)
-    first = lambda engine: engine.passes[0][0].layers[0].q  # noqa: E731
+    first = lambda engine: engine.passes[0][0].layers[0].o  # noqa: E731
     assert first(SteerEngine(expert, block_size=4)).merged_weight is not None
     assert first(SteerEngine(expert, block_size=4, merge_adapters=False)).merged_weight is None
     monkeypatch.setattr(engine_module, "MERGE_ADAPTERS_MAX_BYTES", adapted_weight_bytes(expert) - 1)
@@ -132,13 +132,80 @@ def test_merge_adapters_auto_merges_small_float32_models_on_the_cpu_only(monkeyp
         SteerEngine(expert, block_size=4, merge_adapters="yes")
 
 
-@pytest.mark.parametrize("merge", [True, False])
-def test_merged_and_delta_engines_are_both_the_formula(merge):
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "delta"])
+def test_merged_and_delta_engines_are_both_the_formula(merge, fuse):
     expert, base = lora_expert_and_base("llama")
     config = SteerConfig(gamma=0.6, eta=0.5, temperature=0.0, max_new_tokens=NEW)
-    assert_is_the_formula(SteerEngine(expert, config=config, block_size=4, merge_adapters=merge).generate(requests()), expert, base, 0.6, 0.5)
+    engine = SteerEngine(expert, config=config, block_size=4, merge_adapters=merge, fuse_projections=fuse)
+    assert len(engine.passes[0][0].layers[0].qkv) == (1 if fuse else 3)
+    assert_is_the_formula(engine.generate(requests()), expert, base, 0.6, 0.5)
     plain = SteerConfig(gamma=0.0, eta=0.0, temperature=0.0, max_new_tokens=NEW)  # every row the expert's: merged copy
-    assert_is_the_formula(SteerEngine(expert, config=plain, block_size=4, merge_adapters=merge).generate(requests()), expert, base, 0.0, 0.0)
+    engine = SteerEngine(expert, config=plain, block_size=4, merge_adapters=merge, fuse_projections=fuse)
+    assert_is_the_formula(engine.generate(requests()), expert, base, 0.0, 0.0)
+
+
+def _peft_linears(conv1d: bool):
+    """Three PEFT layers reading one input, like q, k and v: two adapted (ranks 2 and 3, different
+    alphas, the second with a LoRA bias and a base bias), one plain."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    make = (lambda n_in, n_out: Conv1D(n_out, n_in)) if conv1d else (lambda n_in, n_out: torch.nn.Linear(n_in, n_out, bias=False))
+    model = torch.nn.Sequential(make(6, 5), torch.nn.Linear(6, 3) if not conv1d else Conv1D(3, 6), make(6, 4))
+    model = get_peft_model(model, LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["0"], fan_in_fan_out=conv1d))
+    model.add_adapter("b", LoraConfig(r=3, lora_alpha=12, init_lora_weights=False, target_modules=["1"], lora_bias=True, fan_in_fan_out=conv1d))
+    model.base_model.set_adapter(["default", "b"])
+    return [model.base_model.model[i] for i in range(3)]
+
+
+@pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "conv1d"])
+def test_fused_projections_are_their_parts_side_by_side(conv1d):
+    """One matmul for q|k|v (or gate|up), their adapters one delta (A stacked, B block-diagonal,
+    a scale per rank column): every split of adapter rows, the CUDA graphs' 0/1 row mask, and the
+    merged copy give what the parts give, in both weight layouts, with LoRA and base biases."""
+    layers = _peft_linears(conv1d)
+    parts = [projection_of(layer, str(i)) for i, layer in enumerate(layers)]
+    fused = fuse_projections(parts)
+    assert len(fused.deltas) == 1 and fused.deltas[0].a.shape[0] == 2 + 3
+    merged = fused.with_merged_adapters()
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        for split in range(5):
+            want = torch.cat([part(x, split) for part in parts], dim=-1)
+            torch.testing.assert_close(fused(x, split), want)
+            torch.testing.assert_close(merged(x, split), want)
+            mask = (torch.arange(4) < split).to(x.dtype).unsqueeze(1)
+            torch.testing.assert_close(fused(x, mask), want)
+        adapted = torch.cat([layer(x) for layer in layers], dim=-1)  # PEFT's own numbers
+        torch.testing.assert_close(fused(x, 4), adapted)
+
+
+def test_fusing_refuses_parts_that_do_not_fit_and_merged_parts():
+    a, b = torch.nn.Linear(6, 5), torch.nn.Linear(7, 5)
+    with pytest.raises(ValueError, match="inputs of different sizes"):
+        fuse_projections([projection_of(a, "a"), projection_of(b, "b")])
+    with pytest.raises(ValueError, match="dtype"):
+        fuse_projections([projection_of(a, "a"), projection_of(torch.nn.Linear(6, 5).double(), "c")])
+    layers = _peft_linears(False)
+    with pytest.raises(ValueError, match="fuse the parts first"):
+        fuse_projections([projection_of(layers[0], "0", merge_adapters=True), projection_of(layers[2], "2")])
+
+
+def test_fuse_projections_auto_fuses_small_models_on_the_cpu(monkeypatch):
+    import steer.engine.engine as engine_module
+
+    expert, _ = lora_expert_and_base("llama")
+    layer = lambda engine: engine.passes[0][0].layers[0]  # noqa: E731
+    assert len(layer(SteerEngine(expert, block_size=4)).qkv) == 1
+    assert len(layer(SteerEngine(expert, block_size=4)).gate_up) == 1
+    assert len(layer(SteerEngine(expert, block_size=4, fuse_projections=False)).qkv) == 3
+    monkeypatch.setattr(engine_module, "FUSE_PROJECTIONS_MAX_BYTES", 1)
+    assert len(layer(SteerEngine(expert, block_size=4)).qkv) == 3  # too large to copy
+    assert len(layer(SteerEngine(expert, block_size=4, fuse_projections=True)).qkv) == 1
+    with pytest.raises(ValueError, match="fuse_projections must be"):
+        SteerEngine(expert, block_size=4, fuse_projections="yes")
 
 
 def test_gamma_zero_needs_no_base():

@@ -49,6 +49,7 @@ from steer.ops import dispatch, exempt_from_negatives, read_tokens, sample_defer
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
 # merge_adapters="auto" merges up to this many bytes of adapted weights (see _should_merge).
 MERGE_ADAPTERS_MAX_BYTES = 256 * 2**20
+FUSE_PROJECTIONS_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,12 @@ class SteerEngine:
             the calls whose rows are all the expert's, and applies the low-rank deltas everywhere
             else; True or False insist. Merging a half-precision model is refused: its
             rounding would erase most of a small delta.
+        fuse_projections: whether the Llama family's q, k and v projections run as one matmul, and
+            gate and up as another (steer.engine.projection.fuse_projections; their LoRA adapters
+            as one delta). "auto" fuses on the CPU for a model of at most
+            FUSE_PROJECTIONS_MAX_BYTES of parameters (a small model's step costs its number of
+            calls; the fused weights are copies); True or False insist. Other families run their
+            own layout (GPT-2's attention is fused already).
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class SteerEngine:
         attention_backend: str = "auto",
         decode_graphs: str = "auto",
         merge_adapters: str | bool = "auto",
+        fuse_projections: str | bool = "auto",
     ) -> None:
         self.config = config if config is not None else SteerConfig()
         if device is not None or dtype is not None:
@@ -135,7 +143,9 @@ class SteerEngine:
         if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise ValueError(f"max_batch_tokens must be None or an int >= 1, got {max_batch_tokens!r}")
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
-        self.passes = self._forward_passes(expert, base, self._should_merge(merge_adapters, expert))
+        if fuse_projections not in ("auto", True, False):
+            raise ValueError(f"fuse_projections must be 'auto', True or False, got {fuse_projections!r}")
+        self.passes = self._forward_passes(expert, base, self._should_merge(merge_adapters, expert), fuse_projections)
         self.has_base = any("base" in namespaces for _, namespaces in self.passes)
         self.max_context_length = self._max_context_length()
         parameter = next(expert.parameters())
@@ -187,10 +197,19 @@ class SteerEngine:
             return full_precision and parameter.device.type == "cpu" and adapted_weight_bytes(expert) <= MERGE_ADAPTERS_MAX_BYTES
         return bool(mode)
 
-    def _forward_passes(self, expert, base, merge_adapters: bool) -> list[tuple]:
+    @staticmethod
+    def _should_fuse(mode, model) -> bool:
+        """Whether ``model``'s runner fuses its projections (``fuse_projections``)."""
+        if mode != "auto":
+            return bool(mode)
+        parameters = list(model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in parameters)
+        return parameters[0].device.type == "cpu" and weight_bytes <= FUSE_PROJECTIONS_MAX_BYTES
+
+    def _forward_passes(self, expert, base, merge_adapters: bool, fuse_projections) -> list[tuple]:
         """(runner, namespaces) of each forward of a step; a runner's adapters apply to the rows of
         its first namespace. One pass when the base is the expert with its adapters off."""
-        expert_runner = runner_for(expert, merge_adapters=merge_adapters)
+        expert_runner = runner_for(expert, merge_adapters=merge_adapters, fuse_projections=self._should_fuse(fuse_projections, expert))
         if base is None:
             if expert_runner.has_adapters:
                 return [(expert_runner, ("expert", "base"))]
@@ -200,7 +219,7 @@ class SteerEngine:
                 "base is None but the expert has no active LoRA adapter to switch off: pass the base model, "
                 "or a PEFT LoRA model as the expert (or use gamma=0, which needs no base)"
             )
-        base_runner = runner_for(base)
+        base_runner = runner_for(base, fuse_projections=self._should_fuse(fuse_projections, base))
         if expert_runner.kv_shape != base_runner.kv_shape:
             raise ValueError(f"expert and base must share an architecture: KV shapes {expert_runner.kv_shape} vs {base_runner.kv_shape}")
         return [(expert_runner, ("expert",)), (base_runner, ("base",))]

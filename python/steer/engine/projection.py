@@ -19,6 +19,13 @@ one matmul over all rows plus the low-rank product is cheaper than two matmuls o
 (measured on the demo's STEER steps), so no call reads more weights than without the copy: its
 cost is memory, and the engine makes it for small models only.
 
+Fused projections (``fuse_projections``, the engine's choice on the CPU for small models): the
+projections that read one input (q, k and v; gate and up) as one Projection whose weight is
+theirs concatenated, and whose adapters are one delta: A stacked, B block-diagonal, one scale per
+rank column (so the scales still go on the low-rank intermediate, as PEFT's do). One call in
+place of three or two, for the same reason; the delta's B product and its sum into the output
+are one ``addmm``.
+
 Supported: ``torch.nn.Linear``, GPT-2's ``Conv1D`` (weight stored [in, out]) and PEFT LoRA layers
 over either (several active adapters are summed, as PEFT does). Anything PEFT can do that this
 cannot reproduce exactly (DoRA and other LoRA variants, adapters PEFT merged into W, LoRA on embeddings,
@@ -31,34 +38,50 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from steer.ops.decode_linear import decode_linear
+from steer.ops.decode_linear import decode_linear, uses_kernel
 
 
 @dataclass(frozen=True)
 class LoraDelta:
-    """One adapter of one layer: y += lora_B(lora_A(x)) * scaling."""
+    """One adapter of one layer, y += (B (A x) + b) * scaling; or several adapters (of one layer,
+    or of projections fused into one: ``fuse_projections``) as one: A stacked [sum r, in], B
+    block-diagonal [out, sum r] and ``scaling`` a [sum r] tensor, one scale per rank column."""
 
     a: torch.Tensor  # [r, in]
     b: torch.Tensor  # [out, r]
     b_bias: torch.Tensor | None  # PEFT's lora_bias=True
-    scaling: float
+    scaling: float | torch.Tensor
+
+    def _low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        # Through decode_linear like the base weights (the C++ kernel where A is large enough to
+        # be streamed from memory). The scale goes on the [rows, r] intermediate, not on the
+        # [rows, out] product: one pass over r values per row instead of out, and none at all for
+        # the common alpha = r. A bias, scaled too, is stored pre-scaled (fuse_projections).
+        low_rank = decode_linear(x.to(self.a.dtype), self.a)
+        if isinstance(self.scaling, torch.Tensor) or self.scaling != 1.0:
+            low_rank.mul_(self.scaling)
+        return low_rank
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # Through decode_linear like the base weights: torch's GEMM reads B [out, r] once per row
-        # for a few rows, which made a LoRA expert's 2-3 rows of a STEER step cost 2-3 of its 1.
-        low_rank = decode_linear(x.to(self.a.dtype), self.a)
-        if self.b_bias is not None:  # (B A x + b) * s: the bias is scaled too
+        if self.b_bias is not None and not isinstance(self.scaling, torch.Tensor):
+            low_rank = decode_linear(x.to(self.a.dtype), self.a)  # (B A x + b) * s: as PEFT rounds it
             return (decode_linear(low_rank, self.b, self.b_bias) * self.scaling).to(x.dtype)
-        # B (A x) * s as B ((A x) * s): the scale on the [rows, r] intermediate, not on the
-        # [rows, out] product (one pass over r values per row instead of out), and none at all
-        # for the common alpha = r.
-        if self.scaling != 1.0:
-            low_rank.mul_(self.scaling)
-        return decode_linear(low_rank, self.b).to(x.dtype)
+        return decode_linear(self._low_rank(x), self.b, self.b_bias).to(x.dtype)
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> None:
+        """y += this delta of x, for y [rows, out] and x [rows, in]: the B product and the sum in
+        one addmm where they share a dtype (a call of its own is a fixed ~10 us on the CPU, and a
+        LoRA expert's STEER step has two or three of them per projection)."""
+        low_rank = self._low_rank(x) if self.b_bias is None else None
+        if low_rank is not None and low_rank.dtype == y.dtype == self.b.dtype and not uses_kernel(low_rank, self.b):
+            y.addmm_(low_rank, self.b.t())
+        else:
+            y += self(x)
 
     def dense(self, layout: str) -> torch.Tensor:
         """s B A in the base weight's layout ([out, in] for "out_in", [in, out] for "in_out")."""
-        product = (self.b.to(torch.float64) @ self.a.to(torch.float64)) * self.scaling
+        scaling = self.scaling.to(torch.float64) if isinstance(self.scaling, torch.Tensor) else self.scaling
+        product = (self.b.to(torch.float64) * scaling) @ self.a.to(torch.float64)
         return product if layout == "out_in" else product.t()
 
 
@@ -82,7 +105,7 @@ class Projection:
         for delta in self.deltas:
             weight = weight + delta.dense(self.layout)
             if delta.b_bias is not None:
-                scaled = delta.b_bias.to(torch.float64) * delta.scaling
+                scaled = delta.b_bias.to(torch.float64) * (1.0 if isinstance(delta.scaling, torch.Tensor) else delta.scaling)
                 bias = scaled if bias is None else bias + scaled
         merged_bias = None if bias is None else bias.to(self.weight.dtype)
         return replace(self, merged_weight=weight.to(self.weight.dtype).contiguous(), merged_bias=merged_bias)
@@ -108,10 +131,58 @@ class Projection:
             for delta in self.deltas:
                 y += delta(x) * adapter_tokens.to(y.dtype)
         elif adapter_tokens:
-            head = x[:adapter_tokens]
+            head, y_head = x[:adapter_tokens], y[:adapter_tokens]
             for delta in self.deltas:
-                y[:adapter_tokens] += delta(head)
+                delta.add_to(y_head, head)
         return y
+
+
+def fuse_projections(parts: list[Projection]) -> Projection:
+    """One Projection computing ``parts`` side by side (its output is their outputs concatenated):
+    q, k and v, or gate and up, which read the same input. One matmul instead of one per part,
+    and their adapters as one delta (A stacked, B block-diagonal, a scale per rank column): on the
+    CPU a decode step's calls, not its FLOPs, are what a small model's step costs. The weights are
+    copied (the engine fuses small models only)."""
+    first = parts[0]
+    if first.merged_weight is not None or any(p.merged_weight is not None for p in parts):
+        raise ValueError("fuse_projections: fuse the parts first, then merge their adapters")
+    axis = 0 if first.layout == "out_in" else 1
+    for part in parts[1:]:
+        if part.layout != first.layout or part.weight.dtype != first.weight.dtype or part.weight.device != first.weight.device:
+            raise ValueError("fuse_projections: the parts differ in layout, dtype or device")
+        if part.weight.shape[1 - axis] != first.weight.shape[1 - axis]:
+            raise ValueError("fuse_projections: the parts read inputs of different sizes")
+    weight = torch.cat([p.weight.detach() for p in parts], dim=axis)
+    bias = None
+    if any(p.bias is not None for p in parts):
+        bias = torch.cat([p.bias.detach() if p.bias is not None else first.weight.new_zeros(p.out_features) for p in parts])
+    delta = _fused_delta(parts)
+    return Projection(weight, bias, first.layout, (delta,) if delta is not None else ())
+
+
+def _fused_delta(parts: list[Projection]) -> LoraDelta | None:
+    """Every part's adapters as one LoraDelta over the fused output (see fuse_projections)."""
+    deltas = [(index, d) for index, p in enumerate(parts) for d in p.deltas]
+    if not deltas:
+        return None
+    sample = deltas[0][1].a
+    ranks = [d.a.shape[0] for _, d in deltas]
+    offsets = [0]
+    for part in parts:
+        offsets.append(offsets[-1] + part.out_features)
+    b = sample.new_zeros(offsets[-1], sum(ranks))
+    b_bias = sample.new_zeros(offsets[-1]) if any(d.b_bias is not None for _, d in deltas) else None
+    column = 0
+    for (index, delta), rank in zip(deltas, ranks):
+        rows = slice(offsets[index], offsets[index + 1])
+        b[rows, column:column + rank] = delta.b.detach()
+        if delta.b_bias is not None:  # (B A x + b) * s = B (s A x) + s b: stored scaled
+            b_bias[rows] += delta.b_bias.detach() * delta.scaling
+        column += rank
+    scale_dtype = torch.promote_types(sample.dtype, torch.float32)  # the scales are not rounded to half precision
+    scaling = torch.cat([torch.full((rank,), float(d.scaling), dtype=scale_dtype, device=sample.device) for (_, d), rank in zip(deltas, ranks)])
+    a = torch.cat([d.a.detach().to(sample.dtype) for _, d in deltas])
+    return LoraDelta(a, b.to(deltas[0][1].b.dtype), b_bias, scaling)
 
 
 def is_lora_layer(module) -> bool:
@@ -207,6 +278,14 @@ class ProjectionReader:
         projection = projection_of(module, name, merge_adapters=self.merge_adapters)
         self.has_adapters |= bool(projection.deltas)
         return projection
+
+    def fused(self, modules: list, names: list[str]) -> Projection:
+        """The modules (reading one input) as one fused Projection (fuse_projections)."""
+        for module in modules:
+            self.covered.add(id(module))
+        projection = fuse_projections([projection_of(m, n) for m, n in zip(modules, names)])
+        self.has_adapters |= bool(projection.deltas)
+        return projection.with_merged_adapters() if self.merge_adapters else projection
 
     def check_all_adapters_covered(self) -> None:
         check_adapters_covered(self.model, self.covered)

@@ -27,9 +27,11 @@ def unsupported_reason(model, longest_context: int | None = None) -> str | None:
     return None
 
 
-def runner_for(model, *, merge_adapters: bool = False):
+def runner_for(model, *, merge_adapters: bool = False, fuse_projections: bool = False):
     """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper);
-    ``merge_adapters``: its LoRA projections keep a merged copy (steer.engine.projection)."""
+    ``merge_adapters``: its LoRA projections keep a merged copy (steer.engine.projection);
+    ``fuse_projections``: the Llama family's q/k/v and gate/up run fused (the other families run
+    their modules' own layout)."""
     inner = hf_module(model)
     model_type = getattr(inner.config, "model_type", None)
     family = FAMILIES.get(model_type)
@@ -38,4 +40,6 @@ def runner_for(model, *, merge_adapters: bool = False):
             f"the steer engine runs {supported_model_types()} models, got model_type={model_type!r}; "
             "use steer.SteerLogitsProcessor with model.generate for other architectures"
         )
+    if family is llama:
+        return RUNNERS[family](inner, merge_adapters=merge_adapters, fuse_projections=fuse_projections)
     return RUNNERS[family](inner, merge_adapters=merge_adapters)

@@ -25,24 +25,30 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def project(parts: tuple[Projection, ...], x: torch.Tensor, adapter_tokens, sizes: list[int]) -> list[torch.Tensor]:
+    """The outputs of projections that read x: (q, k, v) or (gate, up), from one fused Projection
+    (split by ``sizes``) or one each."""
+    if len(parts) == 1:
+        return parts[0](x, adapter_tokens).split(sizes, dim=-1)
+    return [part(x, adapter_tokens) for part in parts]
+
+
 @dataclass(frozen=True)
 class LlamaLayer:
     input_norm: torch.nn.Module
-    q: Projection
-    k: Projection
-    v: Projection
+    qkv: tuple[Projection, ...]  # (q, k, v), or one fused (fuse_projections)
     o: Projection
     scaling: float
     sliding_window: int | None
     post_attention_norm: torch.nn.Module
-    gate: Projection
-    up: Projection
+    gate_up: tuple[Projection, ...]  # (gate, up), or one fused
     down: Projection
     act: torch.nn.Module
+    mlp_sizes: list[int]
 
 
 class LlamaFamilyRunner:
-    def __init__(self, model, *, merge_adapters: bool = False) -> None:
+    def __init__(self, model, *, merge_adapters: bool = False, fuse_projections: bool = False) -> None:
         self.model = model
         self.decoder = model.model
         config = model.config
@@ -50,19 +56,29 @@ class LlamaFamilyRunner:
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.kv_shape = KVShape(config.num_hidden_layers, self.num_kv_heads, self.head_dim)
+        self.qkv_sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
         windows = sliding_windows(config, config.num_hidden_layers)
         read = ProjectionReader(model, merge_adapters=merge_adapters)
         self.layers = []
+        def parts(module, prefix: str, names: tuple[str, ...]) -> tuple[Projection, ...]:
+            modules, full_names = [getattr(module, n) for n in names], [f"{prefix}.{n}" for n in names]
+            if fuse_projections:
+                return (read.fused(modules, full_names),)
+            return tuple(read(m, n) for m, n in zip(modules, full_names))
+
         for index, layer in enumerate(self.decoder.layers):
             attention, mlp, name = layer.self_attn, layer.mlp, f"model.layers.{index}"
             self.layers.append(LlamaLayer(
                 layer.input_layernorm,
-                *(read(getattr(attention, p), f"{name}.self_attn.{p}") for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+                parts(attention, f"{name}.self_attn", ("q_proj", "k_proj", "v_proj")),
+                read(attention.o_proj, f"{name}.self_attn.o_proj"),
                 attention.scaling,
                 windows[index],
                 layer.post_attention_layernorm,
-                *(read(getattr(mlp, p), f"{name}.mlp.{p}") for p in ("gate_proj", "up_proj", "down_proj")),
+                parts(mlp, f"{name}.mlp", ("gate_proj", "up_proj")),
+                read(mlp.down_proj, f"{name}.mlp.down_proj"),
                 mlp.act_fn,
+                [mlp.gate_proj.out_features, mlp.up_proj.out_features],
             ))  # fmt: skip
         self.final_norm = self.decoder.norm
         self.lm_head = read(model.lm_head, "lm_head")
@@ -72,9 +88,10 @@ class LlamaFamilyRunner:
 
     def _attention(self, index: int, layer: LlamaLayer, x, cos, sin, attention, batch, adapter_tokens: int):
         tokens = x.shape[0]
-        q = layer.q(x, adapter_tokens).view(tokens, self.num_heads, self.head_dim)
-        k = layer.k(x, adapter_tokens).view(tokens, self.num_kv_heads, self.head_dim)
-        v = layer.v(x, adapter_tokens).view(tokens, self.num_kv_heads, self.head_dim)
+        q, k, v = project(layer.qkv, x, adapter_tokens, self.qkv_sizes)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         out = attention(q, k, v, index, batch, layer.scaling, sliding_window=layer.sliding_window)
@@ -82,7 +99,8 @@ class LlamaFamilyRunner:
 
     @staticmethod
     def _mlp(layer: LlamaLayer, x, adapter_tokens: int):
-        return layer.down(layer.act(layer.gate(x, adapter_tokens)) * layer.up(x, adapter_tokens), adapter_tokens)
+        gate, up = project(layer.gate_up, x, adapter_tokens, layer.mlp_sizes)
+        return layer.down(layer.act(gate) * up, adapter_tokens)
 
     @torch.no_grad()
     def last_hidden(self, attention, batch, adapter_rows: int = 0) -> torch.Tensor:
