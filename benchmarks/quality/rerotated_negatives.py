@@ -61,14 +61,13 @@ def log(message: str) -> None:
 
 
 def load(domain):
-    """(tokenizer, expert PeftModel in float32, eval) of a run_quality Domain."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(tokenizer, expert PeftModel in float32, eval) of a run_quality Domain, through steer's own
+    checked loading (no model code, safetensors)."""
+    from steer.data.models import ModelSources, load_models, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(domain.base, local_files_only=True, trust_remote_code=False)
-    base = AutoModelForCausalLM.from_pretrained(domain.base, dtype=torch.float32, local_files_only=True,
-                                                trust_remote_code=False, use_safetensors=True)  # fmt: skip
-    return tokenizer, PeftModel.from_pretrained(base, domain.expert, local_files_only=True).eval()
+    sources = ModelSources.resolve(domain.expert, domain.base, needs_base=True)
+    expert, _ = load_models(sources, dtype=torch.float32)
+    return load_tokenizer(sources), expert
 
 
 def block_mask(chunk_lengths: list[int], tail: int) -> torch.Tensor:

@@ -143,8 +143,6 @@ class SteerEngine:
         if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise ValueError(f"max_batch_tokens must be None or an int >= 1, got {max_batch_tokens!r}")
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
-        if fuse_projections not in ("auto", True, False):
-            raise ValueError(f"fuse_projections must be 'auto', True or False, got {fuse_projections!r}")
         self.passes = self._forward_passes(expert, base, self._should_merge(merge_adapters, expert), fuse_projections)
         self.has_base = any("base" in namespaces for _, namespaces in self.passes)
         self.max_context_length = self._max_context_length()
@@ -200,6 +198,8 @@ class SteerEngine:
     @staticmethod
     def _should_fuse(mode, model) -> bool:
         """Whether ``model``'s runner fuses its projections (``fuse_projections``)."""
+        if mode not in ("auto", True, False):
+            raise ValueError(f"fuse_projections must be 'auto', True or False, got {mode!r}")
         if mode != "auto":
             return bool(mode)
         parameters = list(model.parameters())

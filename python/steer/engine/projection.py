@@ -52,6 +52,11 @@ class LoraDelta:
     b_bias: torch.Tensor | None  # PEFT's lora_bias=True
     scaling: float | torch.Tensor
 
+    @property
+    def bias_is_scaled(self) -> bool:
+        """A fused delta (a scale per column) stores its bias already scaled (fuse_projections)."""
+        return isinstance(self.scaling, torch.Tensor)
+
     def _low_rank(self, x: torch.Tensor) -> torch.Tensor:
         # Through decode_linear like the base weights (the C++ kernel where A is large enough to
         # be streamed from memory). The scale goes on the [rows, r] intermediate, not on the
@@ -63,7 +68,7 @@ class LoraDelta:
         return low_rank
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.b_bias is not None and not isinstance(self.scaling, torch.Tensor):
+        if self.b_bias is not None and not self.bias_is_scaled:
             low_rank = decode_linear(x.to(self.a.dtype), self.a)  # (B A x + b) * s: as PEFT rounds it
             return (decode_linear(low_rank, self.b, self.b_bias) * self.scaling).to(x.dtype)
         return decode_linear(self._low_rank(x), self.b, self.b_bias).to(x.dtype)
@@ -80,7 +85,7 @@ class LoraDelta:
 
     def dense(self, layout: str) -> torch.Tensor:
         """s B A in the base weight's layout ([out, in] for "out_in", [in, out] for "in_out")."""
-        scaling = self.scaling.to(torch.float64) if isinstance(self.scaling, torch.Tensor) else self.scaling
+        scaling = self.scaling.to(torch.float64) if self.bias_is_scaled else self.scaling
         product = (self.b.to(torch.float64) * scaling) @ self.a.to(torch.float64)
         return product if layout == "out_in" else product.t()
 
@@ -105,7 +110,7 @@ class Projection:
         for delta in self.deltas:
             weight = weight + delta.dense(self.layout)
             if delta.b_bias is not None:
-                scaled = delta.b_bias.to(torch.float64) * (1.0 if isinstance(delta.scaling, torch.Tensor) else delta.scaling)
+                scaled = delta.b_bias.to(torch.float64) * (1.0 if delta.bias_is_scaled else delta.scaling)
                 bias = scaled if bias is None else bias + scaled
         merged_bias = None if bias is None else bias.to(self.weight.dtype)
         return replace(self, merged_weight=weight.to(self.weight.dtype).contiguous(), merged_bias=merged_bias)
@@ -144,7 +149,7 @@ def fuse_projections(parts: list[Projection]) -> Projection:
     CPU a decode step's calls, not its FLOPs, are what a small model's step costs. The weights are
     copied (the engine fuses small models only)."""
     first = parts[0]
-    if first.merged_weight is not None or any(p.merged_weight is not None for p in parts):
+    if any(p.merged_weight is not None for p in parts):
         raise ValueError("fuse_projections: fuse the parts first, then merge their adapters")
     axis = 0 if first.layout == "out_in" else 1
     for part in parts[1:]:
@@ -274,16 +279,15 @@ class ProjectionReader:
         self.merge_adapters = merge_adapters
 
     def __call__(self, module, name: str) -> Projection:
-        self.covered.add(id(module))
-        projection = projection_of(module, name, merge_adapters=self.merge_adapters)
-        self.has_adapters |= bool(projection.deltas)
-        return projection
+        return self._kept([module], projection_of(module, name))
 
     def fused(self, modules: list, names: list[str]) -> Projection:
         """The modules (reading one input) as one fused Projection (fuse_projections)."""
-        for module in modules:
-            self.covered.add(id(module))
-        projection = fuse_projections([projection_of(m, n) for m, n in zip(modules, names)])
+        return self._kept(modules, fuse_projections([projection_of(m, n) for m, n in zip(modules, names)]))
+
+    def _kept(self, modules: list, projection: Projection) -> Projection:
+        """``projection`` of ``modules``, remembered as read, with its merged copy if asked for."""
+        self.covered.update(id(module) for module in modules)
         self.has_adapters |= bool(projection.deltas)
         return projection.with_merged_adapters() if self.merge_adapters else projection
 

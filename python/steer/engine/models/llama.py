@@ -60,6 +60,7 @@ class LlamaFamilyRunner:
         windows = sliding_windows(config, config.num_hidden_layers)
         read = ProjectionReader(model, merge_adapters=merge_adapters)
         self.layers = []
+
         def parts(module, prefix: str, names: tuple[str, ...]) -> tuple[Projection, ...]:
             modules, full_names = [getattr(module, n) for n in names], [f"{prefix}.{n}" for n in names]
             if fuse_projections:
