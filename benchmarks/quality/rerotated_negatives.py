@@ -134,6 +134,8 @@ def run_domain(domain, draws: int, negatives: int, max_example: int, max_continu
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     examples = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_example] for t in domain.real_texts]
     examples = [e for e in examples if e]
+    if len(examples) < negatives + 1:
+        raise SystemExit(f"{domain.name}: {len(examples)} examples, but a draw of {negatives} negatives needs {negatives + 1} (one held out)")
     rng = random.Random(seed)
     cases = []
     start = time.perf_counter()
@@ -293,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/steer-quality"), help="fetched corpora and trained experts (run_quality.py's)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
     args = parser.parse_args(argv)
+    if args.draws < 1 or args.negatives < 1 or args.max_example_tokens < 1 or args.max_continuation_tokens < 1:
+        parser.error("--draws, --negatives, --max-example-tokens and --max-continuation-tokens must be at least 1")
+    if args.generate and (args.generate < 10 or args.max_new_tokens < 1):
+        parser.error("--generate takes 0 (skip) or at least 10 samples (the metrics' minimum), with --max-new-tokens >= 1")
     import run_quality
 
     torch.manual_seed(args.seed)

@@ -92,3 +92,19 @@ def test_the_experiment_runs_on_the_demo(experiment, tmp_path):
     assert {len(runs) for runs in result["generated"].values()} == {1}
     table = (out / "rerotated.md").read_text()
     assert "| re-rotated chunks |" in table and "| normalised_3grams |" in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--draws", "0"], "must be at least 1"),
+    (["--negatives", "0"], "must be at least 1"),
+    (["--generate", "5"], "at least 10 samples"),
+])  # fmt: skip
+def test_bad_settings_are_refused_with_one_line(experiment, tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.main([*argv, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_draw_larger_than_the_pool_is_refused(experiment, tmp_path):
+    with pytest.raises(SystemExit, match="needs 284"):
+        experiment.main(["--negatives", "283", "--draws", "1", "--generate", "0", "--out", str(tmp_path)])
