@@ -93,18 +93,22 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_samples_redone(tmp_path_fac
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         # A worker killed in its __init__ loses nothing (Ray hands the calls queued for it to the
-        # restarted actor): wait until one is running advance, i.e. holds attempts in its engine,
-        # which it does from its first advance on.
+        # restarted actor), so the kill waits for a worker running advance: it holds attempts from
+        # then on (those of the call, then those left in its engine) until the run's last moments,
+        # so it is killed at once rather than after some records are written, which can be the
+        # run's end (acceptance is in attempt order: the first records wait for the slowest worker).
         # The workers are found once (a scan of the run's process tree takes tens of ms, longer
         # than a fast host's advance call), then only their titles are polled.
         deadline, workers, busy = time.monotonic() + 240, [], []
         while not busy and process.poll() is None and time.monotonic() < deadline:
             if len(workers) < 2:
                 workers = _workers_of(process)
-            if workers and _lines(out) >= 3:
-                busy = [worker for worker in workers if _title_has(worker, "DecodeWorker.advance")]
+            busy = [worker for worker in workers if _title_has(worker, "DecodeWorker.advance")]
             time.sleep(0.001)
-        assert busy, "no DecodeWorker process ran advance"
+        if not busy:
+            stdout, stderr = process.communicate(timeout=60) if process.poll() is not None else ("", "")
+            raise AssertionError(f"no DecodeWorker process was seen running advance (run exit: {process.poll()}, "
+                                 f"{_lines(out)} records)\n{stdout[-1000:]}{stderr[-3000:]}")  # fmt: skip
         os.kill(busy[0].pid, signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=300)
     finally:
