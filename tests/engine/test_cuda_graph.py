@@ -62,6 +62,23 @@ def test_captured_decode_steps_give_the_eager_tokens_on_a_gpu(kind):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("graphs", ["off", "capture"])
+def test_the_gpu_steps_read_no_kv_slot_they_have_not_written(graphs):
+    """The pool is not zeroed when made (tests/engine/test_engine.py holds the CPU to the same):
+    a pool full of NaN gives the tokens of a zeroed one, with Triton's attention, prefix hits,
+    and the captured graphs' padding rows."""
+    models = [m.to(device="cuda", dtype=torch.float32) for m in expert_and_base("llama")]
+    config = SteerConfig(gamma=0.5, eta=0.5, temperature=0.0, max_new_tokens=NEW)
+    tokens = []
+    for fill in (0.0, float("nan")):
+        engine = SteerEngine(*models, config=config, block_size=4, decode_graphs=graphs, max_batch_rows=20)
+        engine.runner.attention.cache.k.fill_(fill)
+        engine.runner.attention.cache.v.fill_(fill)
+        tokens.append(engine.generate(requests() * 2))
+    assert tokens[1] == tokens[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", ["off", "capture"])
 @pytest.mark.parametrize("eos_exempt", [False, True], ids=["", "eos-exempt"])
 def test_a_decode_step_synchronises_with_the_gpu_once(graphs, eos_exempt):
     """After the first steps (prefill, captures), a decode step's only host synchronisation is the

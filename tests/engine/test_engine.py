@@ -34,6 +34,26 @@ def test_greedy_engine_is_the_formula_for_a_mixed_batch(arch, gamma, eta):
         assert result.finish_reason == ("eos" if want[-1] == EOS else "length")
 
 
+@pytest.mark.parametrize("arch, attention, graphs", [("llama", "auto", "off"), ("gpt2", "torch", "off"),
+                                                     ("gemma2", "auto", "off"), ("llama", "auto", "static")])  # fmt: skip
+def test_no_step_reads_a_kv_slot_it_has_not_written(arch, attention, graphs):
+    """The pool is not zeroed when it is made: filled with NaN, it must give the formula's tokens,
+    with prefix hits (repeated prompts and negatives), blocks freed and handed out again (a small
+    budget) and the CUDA graphs' padded static batches (their scratch block)."""
+    expert, base = expert_and_base(arch)
+    config = SteerConfig(gamma=0.5, eta=0.6, temperature=0.0, max_new_tokens=NEW)
+    engine = SteerEngine(expert, base, config=config, block_size=4, kv_cache_memory=2**17,
+                         attention_backend=attention, decode_graphs=graphs, max_batch_rows=12)  # fmt: skip
+    cache = engine.runner.attention.cache
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    for row, result in enumerate(engine.generate(requests(eos=None) * 2)):
+        row %= len(PROMPTS)
+        negatives = [torch.tensor(n) for n in NEGATIVES[row]]
+        want = steer_generate_uncached(expert, base, torch.tensor(PROMPTS[row]), negatives, gamma=0.5, eta=0.6, max_new_tokens=NEW)
+        assert result.token_ids == want.tolist(), f"row {row}"
+
+
 EXEMPT_EOS = 24  # a token these random models' negatives make a difference to, in greedy decoding
 
 
