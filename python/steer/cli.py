@@ -219,13 +219,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from steer.data.tune import choice_sentence, run_tune
+    from steer.data.tune import Bounds, choice_sentence, run_tune
 
     template = _generate_request(args, args.out / "cells" / "template.jsonl", 0.2, 0.2, resume=True)
-    result = run_tune(template, args.out, gammas=args.gammas, etas=args.etas, max_coherency_drop=args.max_coherency_drop,
+    bounds = Bounds(args.max_coherency_drop, args.max_mauve_drop, args.max_auc)
+    result = run_tune(template, args.out, gammas=args.gammas, etas=args.etas, bounds=bounds,
                       objective=args.objective, n_min=args.n_min, n_max=args.n_max, baselines=not args.no_baselines,
                       embedder=args.embedder, seed=args.seed)  # fmt: skip
-    print(choice_sentence(result.chosen, result.plain, objective=args.objective, max_coherency_drop=args.max_coherency_drop))
+    print(choice_sentence(result.chosen, result.plain, objective=args.objective, bounds=bounds))
     print(f"wrote {result.table_path}, {result.plot_path}, {result.json_path} and {args.out / 'chosen.json'}")
     return 0 if result.chosen is not None else 1
 
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=_generate)
 
     evaluate = commands.add_parser("eval", help="metrics, plots and report.html of synthetic vs real data",
-                                   description="Compare a synthetic set with the real one: n-gram diversity, coherency, authenticity AUC, MAUVE, k-NN precision/recall.")
+                                   description="Compare a synthetic set with the real one: n-gram diversity, embedding diversity and coherency, Vendi score, Self-BLEU, compression ratio and n-gram self-repetition, authenticity AUC, MAUVE, k-NN precision/recall.")
     evaluate.add_argument("--real", type=Path, required=True, help="real examples (the formats of steer generate --real)")
     evaluate.add_argument("--synthetic", type=Path, required=True, help="synthetic samples: a steer generate output (.jsonl or .parquet) or any file of the --real formats")
     evaluate.add_argument("--out", type=Path, required=True, help="directory for metrics.json, the plots and report.html")
@@ -345,11 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_sweep)
 
     tune = commands.add_parser("tune", help="the most diverse (gamma, eta) within a coherency bound of plain sampling",
-                               description="Successive halving over a gamma x eta grid: every cell gets --n-min samples, the better half twice as many, ... up to --n-max; the choice is the most diverse cell whose coherency stays within --max-coherency-drop of plain sampling's. Temperature, top-p and min-p cells are evaluated beside it for their frontiers. Resumable: cells are reused.")
+                               description="Successive halving over a gamma x eta grid: every cell gets --n-min samples, the better half twice as many, ... up to --n-max; the choice is the most diverse cell whose coherency stays within --max-coherency-drop of plain sampling's (and, when given, its MAUVE within --max-mauve-drop of plain sampling's and its authenticity AUC at most --max-auc). Temperature, top-p and min-p cells are evaluated beside it for their frontiers. Resumable: cells are reused.")
     _add_model_options(tune)
     tune.add_argument("--gammas", type=_float_list, default=[0.0, 0.2, 0.5], help="comma-separated gammas (default 0,0.2,0.5)")
     tune.add_argument("--etas", type=_float_list, default=[0.0, 0.2, 0.4, 0.6], help="comma-separated etas (default 0,0.2,0.4,0.6)")
     tune.add_argument("--max-coherency-drop", type=float, default=0.05, help="the largest fraction by which a cell's coherency may fall below plain sampling's (default 0.05)")
+    tune.add_argument("--max-mauve-drop", type=float, default=None, help="also bound MAUVE: the largest fraction by which it may fall below plain sampling's (default: not bounded)")
+    tune.add_argument("--max-auc", type=float, default=None, help="also bound authenticity: the largest AUC of a classifier telling the cell's texts from real ones, in [0.5, 1] (default: not bounded)")
     tune.add_argument("--objective", choices=("diversity", "vendi_score", "normalised_3grams"), default="diversity", help="what 'most diverse' means (default diversity)")
     tune.add_argument("--n-min", type=int, default=64, help="samples per cell at the first rung (default 64)")
     tune.add_argument("--n-max", type=int, default=256, help="samples per cell at the last rung (default 256)")

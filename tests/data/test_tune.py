@@ -9,7 +9,7 @@ import pytest
 
 from steer.cli import main
 from steer.data.report import pareto_frontier
-from steer.data.tune import baseline_cells, rank, rung_sizes
+from steer.data.tune import Bounds, baseline_cells, choice_sentence, rank, rung_sizes
 
 
 def test_rung_sizes_double_up_to_the_last():
@@ -22,9 +22,42 @@ def test_rank_puts_feasible_cells_first_by_the_objective():
     plain = {"coherency": 0.20}
     rows = [{"label": "a", "coherency": 0.30, "diversity": 0.5}, {"label": "b", "coherency": 0.195, "diversity": 0.9},
             {"label": "c", "coherency": 0.10, "diversity": 0.99}, {"label": "d", "coherency": 0.15, "diversity": 0.1}]  # fmt: skip
-    ranked = rank(rows, plain, objective="diversity", max_coherency_drop=0.05)  # bound: 0.19
+    ranked = rank(rows, plain, objective="diversity", bounds=Bounds(0.05))  # bound: 0.19
     assert [r["label"] for r in ranked] == ["b", "a", "d", "c"]  # b, a feasible by diversity; then by coherency
     assert [r["feasible"] for r in ranked] == [True, True, False, False]
+
+
+def test_mauve_and_auc_bounds_make_a_coherent_but_unreal_cell_infeasible():
+    plain = {"coherency": 0.20, "diversity": 0.5, "mauve": 0.60, "authenticity_auc": 0.80}
+    rows = [  # a: the most diverse, coherent, but told from real texts at once (the demo jokes' choice)
+        {"label": "a", "coherency": 0.25, "diversity": 0.9, "mauve": 0.10, "authenticity_auc": 0.98},
+        {"label": "b", "coherency": 0.20, "diversity": 0.7, "mauve": 0.55, "authenticity_auc": 0.85},
+        {"label": "c", "coherency": 0.20, "diversity": 0.8, "mauve": 0.50, "authenticity_auc": 0.86},
+        {"label": "d", "coherency": 0.18, "diversity": 0.6, "mauve": 0.58, "authenticity_auc": 0.84},
+    ]
+    assert [r["label"] for r in rank(rows, plain, objective="diversity", bounds=Bounds(0.05))][:2] == ["a", "c"]
+    bounds = Bounds(0.05, max_mauve_drop=0.1, max_auc=0.9)  # MAUVE >= 0.54, AUC <= 0.9, coherency >= 0.19
+    ranked = rank(rows, plain, objective="diversity", bounds=bounds)
+    assert [(r["label"], r["feasible"]) for r in ranked] == [("b", True), ("d", False), ("c", False), ("a", False)]
+    # shortfalls relative to each limit: d misses coherency by 0.01 / 0.19, c MAUVE by 0.04 / 0.54,
+    # a MAUVE by 0.44 / 0.54 and the AUC by 0.08 / 0.9
+    assert ranked[1]["shortfall"] == pytest.approx(0.01 / 0.19)
+    assert ranked[2]["shortfall"] == pytest.approx(0.04 / 0.54)
+    assert ranked[3]["shortfall"] == pytest.approx(0.44 / 0.54 + 0.08 / 0.9)
+    chosen = {**ranked[0], "gamma": 0.2, "eta": 0.4, "n": 64}
+    sentence = choice_sentence(chosen, plain, objective="diversity", bounds=bounds)
+    assert sentence == ("Chosen: gamma 0.2, eta 0.4: diversity 0.700 vs plain sampling's 0.500, coherency 0.200 vs 0.200 "
+                        "(bound 0.190), MAUVE 0.550 vs 0.600 (bound 0.540), authenticity AUC 0.850 vs 0.800 (bound 0.900), "
+                        "at 64 samples.")  # fmt: skip
+    assert "an authenticity AUC of at most 0.9" in choice_sentence(None, plain, objective="diversity", bounds=bounds)
+
+
+def test_a_bound_on_a_metric_that_was_not_computed_is_an_error():
+    from steer.data.io import DataError
+
+    plain = {"family": "plain", "label": "plain", "coherency": 0.2, "mauve": None}
+    with pytest.raises(DataError, match="plain plain: mauve was not computed .pip install mauve-text., so its bound cannot be judged"):
+        rank([{"coherency": 0.2, "diversity": 0.5, "mauve": 0.5}], plain, objective="diversity", bounds=Bounds(0.05, max_mauve_drop=0.1))
 
 
 def test_pareto_frontier():
@@ -79,6 +112,10 @@ def test_tune_halves_the_grid_reuses_cells_and_chooses_within_the_bound(models, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--max-coherency-drop", "1.5"], "--max-coherency-drop must be in [0, 1)"),
+    (["--max-mauve-drop", "-0.1"], "--max-mauve-drop must be in [0, 1) (a fraction of plain sampling's MAUVE)"),
+    (["--max-mauve-drop", "nan"], "--max-mauve-drop must be in [0, 1)"),
+    (["--max-auc", "0.3"], "--max-auc must be in [0.5, 1] (0.5: the texts cannot be told from real ones), got 0.3"),
+    (["--max-auc", "nan"], "--max-auc must be in [0.5, 1]"),
     (["--n-min", "5"], "--n-min must be at least 10"),
     (["--n-min", "50", "--n-max", "20"], "--n-max (20) must be at least --n-min (50)"),
     (["--gammas", "0", "--etas", "0"], "the grid has no STEER cell"),
@@ -91,3 +128,23 @@ def test_bad_tune_options_are_refused(models, real, tmp_path, capsys, extra, mes
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "tune").exists()
+
+
+def test_tune_with_mauve_and_auc_bounds_records_them_and_says_which_to_loosen(models, real, tmp_path, capsys):
+    out = tmp_path / "tune"
+    args = ["tune", "--expert", str(models["expert"]), "--base", str(models["base"]), "--real", str(real),
+            "--gammas", "0.5", "--etas", "0.5", "--n-min", "10", "--n-max", "10", "--max-new-tokens", "8", "--no-baselines",
+            "--batch-size", "6", "--embedder", "tfidf", "--max-coherency-drop", "0.9", "--max-mauve-drop", "0.9",
+            "--max-auc", "0.5", "--out", str(out)]  # fmt: skip
+    code = main(args)
+    printed = capsys.readouterr().out
+    result = json.loads((out / "tune.json").read_text())
+    assert (result["max_coherency_drop"], result["max_mauve_drop"], result["max_auc"]) == (0.9, 0.9, 0.5)
+    [row] = result["rungs"][0]["rows"]
+    assert row["mauve"] is not None and row["authenticity_auc"] is not None
+    assert row["feasible"] == (row["authenticity_auc"] <= 0.5 and row["mauve"] >= 0.1 * result["rungs"][0]["plain"]["mauve"])
+    if not row["feasible"]:  # random tiny models' texts are told from the real ones: AUC above 0.5
+        assert code == 1 and "loosen --max-coherency-drop, --max-mauve-drop, --max-auc" in printed
+    title = (out / "tune.md").read_text().splitlines()[0]
+    assert title == ("# steer tune: the most diverse cell within 90% of plain sampling's coherency, 90% of its MAUVE "
+                     "and an authenticity AUC of at most 0.5")  # fmt: skip

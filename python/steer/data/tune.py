@@ -1,11 +1,17 @@
 """``steer tune``: the most diverse (gamma, eta) whose coherency stays within a bound of plain
-sampling's, found by successive halving over a grid, and shown against the frontiers of the
-usual diversity knobs (temperature, top-p, min-p).
+sampling's (and, when asked, its MAUVE within a bound of plain sampling's and its authenticity
+AUC under a ceiling), found by successive halving over a grid, and shown against the frontiers
+of the usual diversity knobs (temperature, top-p, min-p).
 
 Rung 0 generates ``n_min`` samples for every cell: the STEER grid, plain sampling (gamma = eta =
-0), and the baselines. A cell is *feasible* when its coherency is at least (1 - max drop) times
-plain sampling's at the same rung. Cells are ranked feasible first, by the objective (higher =
-more diverse), then the infeasible ones by coherency; the better half of the STEER cells goes on
+0), and the baselines. A cell is *feasible* when it meets every bound (``Bounds``) at that rung:
+coherency at least (1 - max drop) times plain sampling's; with ``max_mauve_drop``, MAUVE at least
+(1 - that) times plain sampling's; with ``max_auc``, an authenticity AUC at most that (0.5: a
+classifier cannot tell the cell's texts from real ones). Coherency alone is blind to texts that
+are coherent but plainly unlike the real ones (the demo jokes' most diverse cell has an AUC of
+0.98); the other two bounds see that. Cells are ranked feasible first, by the objective (higher =
+more diverse), then the infeasible ones by how far they fall short (the sum over the bounds of
+the shortfall, relative to the bound); the better half of the STEER cells goes on
 to the next rung with twice the samples (their files are extended with ``--resume``, so a cell's
 first samples are reused, never regenerated), plain sampling with them, until one cell is left
 or ``n_max`` is reached. The choice is the best feasible cell of the last rung. Comparing at one
@@ -76,9 +82,73 @@ def baseline_cells() -> list[Cell]:
 PLAIN = Cell("plain", "plain", {"gamma": 0.0, "eta": 0.0})
 
 
-def check_options(*, max_coherency_drop: float, objective: str, n_min: int, n_max: int) -> None:
-    if not 0 <= max_coherency_drop < 1:
-        raise DataError(f"--max-coherency-drop must be in [0, 1) (a fraction of plain sampling's coherency), got {max_coherency_drop}")
+@dataclass(frozen=True)
+class Bounds:
+    """What a cell must keep to be feasible, measured against plain sampling at the same rung."""
+
+    max_coherency_drop: float = 0.05  # coherency >= (1 - this) x plain sampling's
+    max_mauve_drop: float | None = None  # MAUVE >= (1 - this) x plain sampling's; None: not bounded
+    max_auc: float | None = None  # authenticity AUC <= this; None: not bounded
+
+    def check(self) -> None:
+        """A DataError naming the option that is out of range."""
+        for option, drop, what in (("--max-coherency-drop", self.max_coherency_drop, "coherency"),
+                                   ("--max-mauve-drop", self.max_mauve_drop, "MAUVE")):  # fmt: skip
+            if drop is not None and not (isinstance(drop, (int, float)) and 0 <= drop < 1):
+                raise DataError(f"{option} must be in [0, 1) (a fraction of plain sampling's {what}), got {drop}")
+        if self.max_auc is not None and not (isinstance(self.max_auc, (int, float)) and 0.5 <= self.max_auc <= 1):
+            raise DataError(f"--max-auc must be in [0.5, 1] (0.5: the texts cannot be told from real ones), got {self.max_auc}")
+
+    def limits(self, plain: dict) -> list[tuple[str, str, float]]:
+        """(metric, ">=" or "<=", limit) of every bound, against ``plain``'s row. A metric that was
+        not computed (MAUVE without the mauve package) is a DataError: the bound cannot be judged."""
+        limits = [("coherency", ">=", (1 - self.max_coherency_drop) * plain["coherency"])]
+        if self.max_mauve_drop is not None:
+            limits.append(("mauve", ">=", (1 - self.max_mauve_drop) * _metric(plain, "mauve")))
+        if self.max_auc is not None:
+            limits.append(("authenticity_auc", "<=", self.max_auc))
+        return limits
+
+    def shortfall(self, row: dict, plain: dict) -> float:
+        """0 for a feasible row; else the sum, over the bounds it misses, of how far it misses
+        them relative to the limit (so bounds in different units add up)."""
+        total = 0.0
+        for metric, op, limit in self.limits(plain):
+            value = _metric(row, metric)
+            miss = limit - value if op == ">=" else value - limit
+            total += max(0.0, miss) / max(abs(limit), 1e-12)
+        return total
+
+    def describe(self) -> str:
+        parts = [f"within {100 * self.max_coherency_drop:g}% of plain sampling's coherency"]
+        if self.max_mauve_drop is not None:
+            parts.append(f"{100 * self.max_mauve_drop:g}% of its MAUVE")
+        if self.max_auc is not None:
+            parts.append(f"an authenticity AUC of at most {self.max_auc:g}")
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    def loosen_hint(self) -> str:
+        options = ["--max-coherency-drop"] + ["--max-mauve-drop"] * (self.max_mauve_drop is not None)
+        options += ["--max-auc"] * (self.max_auc is not None)
+        return ", ".join(options)
+
+
+def _metric(row: dict, metric: str) -> float:
+    value = row.get(metric)
+    if value is None:
+        why = " (pip install mauve-text)" if metric == "mauve" else ""
+        raise DataError(f"{row.get('family', '')} {row.get('label', '')}: {metric} was not computed{why}, so its bound cannot be judged")
+    return value
+
+
+def check_options(*, bounds: Bounds, objective: str, n_min: int, n_max: int) -> None:
+    bounds.check()
+    if bounds.max_mauve_drop is not None:
+        from steer.data.metrics import mauve_available
+
+        ok, note = mauve_available()
+        if not ok:
+            raise DataError(f"--max-mauve-drop bounds MAUVE, which cannot be computed here: {note}")
     if objective not in OBJECTIVES:
         raise DataError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if n_min < 10:
@@ -97,22 +167,23 @@ def rung_sizes(n_min: int, n_max: int) -> list[int]:
     return sizes
 
 
-def rank(rows: list[dict], plain: dict, *, objective: str, max_coherency_drop: float) -> list[dict]:
-    """Rows marked feasible or not against ``plain`` and ordered best first."""
-    floor = (1 - max_coherency_drop) * plain["coherency"]
+def rank(rows: list[dict], plain: dict, *, objective: str, bounds: Bounds) -> list[dict]:
+    """Rows marked feasible or not against ``plain`` and ordered best first: the feasible by the
+    objective, then the others by their shortfall (nearest to feasible first)."""
     for row in rows:
-        row["feasible"] = row["coherency"] >= floor
-    return sorted(rows, key=lambda r: (not r["feasible"], -(r[objective] if r["feasible"] else r["coherency"])))
+        row["shortfall"] = bounds.shortfall(row, plain)
+        row["feasible"] = row["shortfall"] == 0
+    return sorted(rows, key=lambda r: (not r["feasible"], -r[objective] if r["feasible"] else r["shortfall"]))
 
 
-def run_tune(template, out_dir: Path, *, gammas, etas, max_coherency_drop: float = 0.05, objective: str = "diversity",
+def run_tune(template, out_dir: Path, *, gammas, etas, bounds: Bounds = Bounds(), objective: str = "diversity",
              n_min: int = 64, n_max: int = 256, baselines: bool = True, embedder: str = "auto", seed: int = 0,
              log=print) -> TuneResult:  # fmt: skip
     """``template``: the GenerateRequest every cell derives from (its config is the run's; each
     cell sets its own fields, ``n`` and ``out``)."""
     from steer.data.embeddings import make_embedder
 
-    check_options(max_coherency_drop=max_coherency_drop, objective=objective, n_min=n_min, n_max=n_max)
+    check_options(bounds=bounds, objective=objective, n_min=n_min, n_max=n_max)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file: steer tune writes a directory of cells, tables and a plot")
@@ -134,7 +205,7 @@ def run_tune(template, out_dir: Path, *, gammas, etas, max_coherency_drop: float
         log(f"rung {index}: {len(active)} cells x {n} samples")
         rows = [_evaluate(template, cell, n, out_dir, models, embed, seed) for cell in active]
         plain = next(r for r in rows if r["family"] == "plain")
-        ranked = rank([r for r in rows if r["family"] != "plain"], plain, objective=objective, max_coherency_drop=max_coherency_drop)
+        ranked = rank([r for r in rows if r["family"] != "plain"], plain, objective=objective, bounds=bounds)
         rungs.append({"n": n, "plain": plain, "rows": ranked})
         steer_rows = [r for r in ranked if r["family"] == "STEER"]
         if len(steer_rows) <= 1 or n == n_max:
@@ -143,7 +214,7 @@ def run_tune(template, out_dir: Path, *, gammas, etas, max_coherency_drop: float
         alive = [c for c in alive if c.label in keep]
     last = rungs[-1]
     chosen = next((r for r in last["rows"] if r["family"] == "STEER" and r["feasible"]), None)
-    return _write(out_dir, rungs, chosen, objective=objective, max_coherency_drop=max_coherency_drop)
+    return _write(out_dir, rungs, chosen, objective=objective, bounds=bounds)
 
 
 def _request(template, cell: Cell, n: int, out_dir: Path):
@@ -171,15 +242,15 @@ def _evaluate(template, cell: Cell, n: int, out_dir: Path, models, embed, seed: 
     return row
 
 
-def _write(out_dir: Path, rungs: list[dict], chosen: dict | None, *, objective: str, max_coherency_drop: float) -> TuneResult:
+def _write(out_dir: Path, rungs: list[dict], chosen: dict | None, *, objective: str, bounds: Bounds) -> TuneResult:
     from steer.data.report import plot_frontiers
 
     plain = rungs[-1]["plain"]
     table_path, json_path, plot_path = out_dir / "tune.md", out_dir / "tune.json", out_dir / "frontier.png"
-    json_path.write_text(json.dumps({"objective": objective, "max_coherency_drop": max_coherency_drop, "rungs": rungs,
+    json_path.write_text(json.dumps({"objective": objective, **dataclasses.asdict(bounds), "rungs": rungs,
                                      "chosen": chosen}, indent=1) + "\n")  # fmt: skip
     (out_dir / "chosen.json").write_text(json.dumps({"chosen": chosen, "plain": plain}, indent=1) + "\n")
-    table_path.write_text(tune_markdown(rungs, chosen, objective=objective, max_coherency_drop=max_coherency_drop))
+    table_path.write_text(tune_markdown(rungs, chosen, objective=objective, bounds=bounds))
     first = rungs[0]
     marked = next((r for r in first["rows"] if chosen and r["label"] == chosen["label"]), None)
     plot_frontiers([first["plain"], *first["rows"]], plot_path, x=objective, chosen=marked,
@@ -187,20 +258,24 @@ def _write(out_dir: Path, rungs: list[dict], chosen: dict | None, *, objective: 
     return TuneResult(rungs, chosen, plain, table_path, json_path, plot_path)
 
 
-def choice_sentence(chosen: dict | None, plain: dict, *, objective: str, max_coherency_drop: float) -> str:
+_NAMES = {"coherency": "coherency", "mauve": "MAUVE", "authenticity_auc": "authenticity AUC"}
+
+
+def choice_sentence(chosen: dict | None, plain: dict, *, objective: str, bounds: Bounds) -> str:
     if chosen is None:
-        return (f"No STEER cell kept its coherency within {100 * max_coherency_drop:g}% of plain sampling's "
-                f"({plain['coherency']:.3f}) at the last rung: loosen --max-coherency-drop or add smaller gammas and etas.")
+        return (f"No STEER cell kept {bounds.describe()} at the last rung (plain sampling: coherency "
+                f"{plain['coherency']:.3f}): loosen {bounds.loosen_hint()} or add smaller gammas and etas.")
+    kept = ", ".join(f"{_NAMES[metric]} {chosen[metric]:.3f} vs {plain[metric]:.3f} (bound {limit:.3f})"
+                     for metric, _, limit in bounds.limits(plain))  # fmt: skip
     return (f"Chosen: gamma {chosen['gamma']:g}, eta {chosen['eta']:g}: {objective} {chosen[objective]:.3f} vs plain "
-            f"sampling's {plain[objective]:.3f}, coherency {chosen['coherency']:.3f} vs {plain['coherency']:.3f} "
-            f"(bound {(1 - max_coherency_drop) * plain['coherency']:.3f}), at {chosen['n']} samples.")
+            f"sampling's {plain[objective]:.3f}, {kept}, at {chosen['n']} samples.")
 
 
-def tune_markdown(rungs: list[dict], chosen: dict | None, *, objective: str, max_coherency_drop: float) -> str:
+def tune_markdown(rungs: list[dict], chosen: dict | None, *, objective: str, bounds: Bounds) -> str:
     columns = (objective, "coherency", "diversity", "normalised_3grams", "vendi_score", "self_bleu", "authenticity_auc", "mauve")
     columns = tuple(dict.fromkeys(columns))
-    lines = [f"# steer tune: the most diverse cell within {100 * max_coherency_drop:g}% of plain sampling's coherency", "",
-             f"**{choice_sentence(chosen, rungs[-1]['plain'], objective=objective, max_coherency_drop=max_coherency_drop)}**", ""]  # fmt: skip
+    lines = [f"# steer tune: the most diverse cell {bounds.describe()}", "",
+             f"**{choice_sentence(chosen, rungs[-1]['plain'], objective=objective, bounds=bounds)}**", ""]  # fmt: skip
     for index, rung in enumerate(rungs):
         lines += [f"## Rung {index}: {rung['n']} samples per cell", "",
                   "| family | cell | feasible | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
