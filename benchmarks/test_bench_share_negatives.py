@@ -57,8 +57,10 @@ def make_run(tmp_path, name: str, settings: dict, batch_size: int, models_cache:
             models_cache["models"] = load_models(plan.sources, dtype=torch.float32)
             start = time.perf_counter()  # loading the models once is not any contender's time
             plan = plan_generation(request)
-        summary = run_generation(plan, build_engine(plan, models_cache["models"]))
-        return {"seconds": time.perf_counter() - start, "hit": summary.negative_cache_hit, "tokens": summary.tokens}
+        engine = build_engine(plan, models_cache["models"])
+        summary = run_generation(plan, engine)
+        return {"seconds": time.perf_counter() - start, "hit": summary.negative_cache_hit, "tokens": summary.tokens,
+                "steps": engine.step_stats.as_dict()}
 
     return once
 
@@ -70,12 +72,12 @@ def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
     for run in runs.values():  # warm-up: first loads, first allocations
         run()
     times = {name: [] for name in runs}
-    hits, tokens = {}, {}
+    hits, tokens, steps = {}, {}, {}
     for _ in range(ROUNDS):
         for name, run in runs.items():
             result = run()
             times[name].append(result["seconds"])
-            hits[name], tokens[name] = result["hit"], result["tokens"]
+            hits[name], tokens[name], steps[name] = result["hit"], result["tokens"], result["steps"]
     benchmark.pedantic(lambda: None, rounds=1)
     print(f"\nsteer generate --n {N} --max-new-tokens {MAX_NEW} on the demo models, {ROUNDS} alternating rounds "
           "(models loaded once; a fresh engine per run)")  # fmt: skip
@@ -83,6 +85,7 @@ def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
         hit = "" if hits[name] is None else f"  negative tokens cached: {100 * hits[name]:.0f}%"
         print(f"  {name:<18} median {statistics.median(values):5.2f} s  {[round(v, 2) for v in values]}  "
               f"{tokens[name]} tokens{hit}")  # fmt: skip
+        print("  " + " " * 18 + " steps: " + ", ".join(f"{kind} {k['steps']} x {k['ms_per_step']:.2f} ms" for kind, k in steps[name].items()))
     ratios = {}
     for b in BATCH_SIZES:
         ratios.update({

@@ -374,6 +374,14 @@ def section_share(records: list[dict]) -> list[str]:
         lines.append(f"| {r['batch']} | {f(seconds.get('plain'), '.2f')} | {f(seconds.get('K=1'), '.2f')} | "
                      f"{f(seconds.get('K=16'), '.2f')} | {f(r.get('k1_over_k16'), '.2f')} | {f(r.get('k16_over_plain'), '.2f')} | "
                      f"{f(r.get('k1_over_plain'), '.2f')} | {cached} | {r.get('rounds', '-')} | {md_escape(errors)[:300]} |")
+    steps = [(r["batch"], label, kinds) for r in rows for label, kinds in (r.get("steps") or {}).items()]
+    if steps:
+        lines += ["", "Where the time goes (the last round's engine steps, by kind: count x milliseconds a step, tokens computed):", "",
+                  "| batch | contender | prefill | eager decode | graph decode |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for batch, label, kinds in steps:
+            cells = [(f"{k['steps']} x {k['ms_per_step']:.2f} ms, {k['tokens']} tokens" if (k := kinds.get(kind)) else "-")
+                     for kind in ("prefill", "decode", "graph")]  # fmt: skip
+            lines.append(f"| {batch} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 

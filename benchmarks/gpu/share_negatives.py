@@ -9,8 +9,9 @@ demo's defaults otherwise: gamma = eta = 0.2, 5 negatives joined into one ~130-t
 the models loaded once (bfloat16, the CLI's choice on a GPU) and a fresh engine per run, timed
 from planning to the last record written. Contenders alternate (a warm-up round, then up to 3
 timed rounds while the budget lasts); each ratio is the median of the rounds' own ratios. The
-issue's targets: K = 1 / K = 16 >= 2x, K = 16 / plain <= 1.5x (moonshot 1.2x). Dry run: 12
-samples of 6 tokens on the CPU, one timed round.
+issue's targets: K = 1 / K = 16 >= 2x, K = 16 / plain <= 1.5x (moonshot 1.2x). Each record also
+holds every contender's engine steps by kind (prefill, eager decode, CUDA-graph decode) with
+their time: where the time goes. Dry run: 12 samples of 6 tokens on the CPU, one timed round.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def make_run(folder: Path, label: str, settings: dict, batch: int, n: int, max_n
             models["models"] = load_models(plan.sources, dtype=_dtype(request))
         start = time.perf_counter()
         plan = plan_generation(request)
-        summary = run_generation(plan, build_engine(plan, models["models"]))
+        engine = build_engine(plan, models["models"])
+        summary = run_generation(plan, engine)
         if torch.cuda.is_available() and device != "cpu":
             torch.cuda.synchronize()
-        return {"seconds": time.perf_counter() - start, "hit": summary.negative_cache_hit, "tokens": summary.tokens}
+        return {"seconds": time.perf_counter() - start, "hit": summary.negative_cache_hit, "tokens": summary.tokens,
+                "steps": engine.step_stats.as_dict()}  # where the time went: prefill, eager decode, graph steps
 
     return once
 
@@ -91,7 +94,7 @@ def main() -> int:
             folder.mkdir()
             runs = {label: make_run(folder, label, settings, batch, n, max_new, dev.type, models) for label, settings in CONTENDERS.items()}
             times: dict[str, list[float]] = {label: [] for label in runs}
-            hits, tokens, errors, warm = {}, {}, {}, {}
+            hits, tokens, steps, errors, warm = {}, {}, {}, {}, {}
             for label, run in runs.items():  # warm-up: first loads and compiles
                 try:
                     warm[label] = run()["seconds"]
@@ -105,7 +108,7 @@ def main() -> int:
                 for label, run in runs.items():
                     result = run()
                     times[label].append(result["seconds"])
-                    hits[label], tokens[label] = result["hit"], result["tokens"]
+                    hits[label], tokens[label], steps[label] = result["hit"], result["tokens"], result["steps"]
                 rounds += 1
             ratios = {key: paired(times, a, b) for key, (a, b) in RATIOS.items()} if not errors else {}
             if errors:
@@ -115,11 +118,13 @@ def main() -> int:
                 common.note(f"batch {batch}: {rounds} timed rounds (budget)")
             seconds = {c: statistics.median(t) for c, t in times.items() if t}
             records.emit(batch=batch, rounds=rounds, seconds=seconds, all_times=times, negative_cache_hit=hits, tokens=tokens,
-                         errors=errors or None, **ratios)  # fmt: skip
+                         steps=steps, errors=errors or None, **ratios)  # fmt: skip
             line = f"batch {batch} ({rounds} timed rounds): " + ", ".join(f"{c} {s:.2f} s" for c, s in seconds.items())
             line += "".join(f" | {key} {value:.2f}x" for key, value in ratios.items() if value is not None)
             line += "".join(f" | {label} ERROR {message}" for label, message in errors.items())
             print(line, flush=True)
+            for label, kinds in steps.items():  # the last round's steps: how many of each kind, and what one cost
+                print(f"  {label} steps: " + ", ".join(f"{kind} {k['steps']} x {k['ms_per_step']:.2f} ms" for kind, k in kinds.items()), flush=True)
     records.emit(record="summary", failures=failures)
     return 1 if failures else 0
 

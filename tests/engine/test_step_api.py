@@ -233,3 +233,23 @@ def test_a_bad_request_id_or_request_object_is_one_clear_error(models):
     with pytest.raises(ValueError, match="^request must be a steer.Request, got dict"):
         engine.add_request({"prompt_ids": [5]})
     assert not engine.has_unfinished_requests() and all_free(engine)
+
+
+@pytest.mark.parametrize("graphs", ["off", "static"])
+def test_step_stats_count_every_step_by_kind(graphs):
+    expert, base = expert_and_base("llama")
+    engine = SteerEngine(expert, base, config=SteerConfig(temperature=0.0, max_new_tokens=6), block_size=4,
+                         decode_graphs=graphs, max_batch_rows=12)  # fmt: skip
+    for index, prompt in enumerate(([5, 6, 7], [8, 9], [10, 11, 12, 13])):
+        engine.add_request(Request(prompt, [[20, 21, 22]], 6), request_id=index)
+    steps = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        steps += 1
+    stats = engine.step_stats.as_dict()
+    decode = "graph" if graphs == "static" else "decode"
+    assert set(stats) == {"prefill", decode} and sum(s["steps"] for s in stats.values()) == steps
+    assert stats["prefill"]["steps"] == 1 and stats["prefill"]["rows"] == 9  # 3 requests x (prompt, negative, base)
+    assert stats["prefill"]["tokens"] == 2 * (3 + 2 + 4) + 3 * 3  # the prompts twice (expert, base), the negatives
+    assert stats[decode]["steps"] == 5 and stats[decode]["tokens"] == stats[decode]["rows"] == 5 * 9
+    assert all(s["seconds"] > 0 and s["ms_per_step"] == pytest.approx(1000 * s["seconds"] / s["steps"]) for s in stats.values())

@@ -31,6 +31,7 @@ class ModelRunner:
         self.decode_graphs = decode_graphs  # a DecodeGraphs, or None: every step eager
         self.block_size = attention.cache.block_size
         self.lm_head_rows = [runner.lm_head.out_features for runner, _ in passes]
+        self.graph_forwards = 0  # forwards replayed from CUDA graphs, since the runner was made
 
     @torch.no_grad()  # model parameters may require grad; the decode matmul only runs without autograd
     def run(self, plan: StepPlan) -> torch.Tensor:
@@ -78,6 +79,7 @@ class ModelRunner:
                 continue
             if self.decode_graphs is not None and self.decode_graphs.applies(streams):
                 hidden = self.decode_graphs.last_hidden(len(results), runner, self.attention, streams, adapter_rows)
+                self.graph_forwards += 1
             else:
                 batch = StepBatch.build(streams, self.block_size, self.device)
                 hidden = runner.last_hidden(self.attention, batch, adapter_rows=adapter_rows)

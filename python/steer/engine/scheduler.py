@@ -46,6 +46,29 @@ class PrefixCacheStats:
         return self.cached_tokens.get(role, 0) / asked if asked else None
 
 
+@dataclass
+class StepStats:
+    """Engine steps since the engine was made, by kind: "prefill" (some stream computes more than
+    one token: a prefill, or the suffix after a prefix hit, mixed with the decoding rows),
+    "decode" (one token per stream, eager) and "graph" (a decode step replayed from CUDA
+    graphs, or run as their static batch with decode_graphs="static"); per kind the steps, the wall time of step() (it ends when the tokens are read back,
+    so on a GPU it includes the device's time), the tokens computed and the rows (streams)."""
+
+    steps: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, seconds: float, tokens: int, rows: int) -> None:
+        for table, value in ((self.steps, 1), (self.seconds, seconds), (self.tokens, tokens), (self.rows, rows)):
+            table[kind] = table.get(kind, 0) + value
+
+    def as_dict(self) -> dict:
+        """JSON-ready: per kind, steps, seconds, tokens, rows and the mean milliseconds a step."""
+        return {kind: {"steps": count, "seconds": self.seconds[kind], "tokens": self.tokens[kind], "rows": self.rows[kind],
+                       "ms_per_step": 1000 * self.seconds[kind] / count} for kind, count in self.steps.items()}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """One step's work: the groups in the sampler's row order (decoding ones first, then the
@@ -58,6 +81,11 @@ class StepPlan:
     def max_new_tokens(self) -> int:
         """The most tokens any stream computes (1: a decode-only step)."""
         return max(s.num_new for g in self.groups for s in g.streams)
+
+    def size(self) -> tuple[int, int]:
+        """(tokens computed, rows): over every stream of every group."""
+        streams = [s for g in self.groups for s in g.streams]
+        return sum(s.num_new for s in streams), len(streams)
 
 
 class Scheduler:
