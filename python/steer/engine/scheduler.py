@@ -50,9 +50,10 @@ class PrefixCacheStats:
 class StepStats:
     """Engine steps since the engine was made, by kind: "prefill" (some stream computes more than
     one token: a prefill, or the suffix after a prefix hit, mixed with the decoding rows),
-    "decode" (one token per stream, eager) and "graph" (a decode step replayed from CUDA
-    graphs, or run as their static batch with decode_graphs="static"); per kind the steps, the wall time of step() (it ends when the tokens are read back,
-    so on a GPU it includes the device's time), the tokens computed and the rows (streams)."""
+    "decode" (one token per stream, eager) and "graph" (a decode step replayed from CUDA graphs,
+    or run as their static batch with decode_graphs="static"); per kind the steps, the wall time
+    of step() (it ends when the tokens are read back, so on a GPU it includes the device's
+    time), the tokens computed and the rows (streams)."""
 
     steps: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
