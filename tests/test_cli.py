@@ -34,3 +34,11 @@ def test_argparse_errors_are_one_line(capsys):
         main(["generate", "--n", "many"])
     err = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and err == ["steer generate: error: argument --n: invalid int value: 'many' (see steer generate --help)"]
+
+
+def test_eos_exempt_without_negatives_is_a_one_line_warning(capsys, tmp_path):
+    out = tmp_path / "out.jsonl"
+    code = main(["generate", "--out", str(out), "--n", "2", "--max-new-tokens", "3", "--eta", "0", "--eos-exempt", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and len(out.read_text().splitlines()) == 2
+    assert "steer generate: warning: --eos-exempt changes nothing at --eta 0: there are no negatives to exempt" in err

@@ -153,6 +153,8 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
 def _generate(args: argparse.Namespace) -> int:
     from steer.data.generate import plan_generation, run_generation
 
+    if args.eos_exempt and args.eta == 0:
+        warnings.warn("--eos-exempt changes nothing at --eta 0: there are no negatives to exempt the end-of-text token from")
     plan = plan_generation(_generate_request(args, args.out, args.gamma, args.eta, resume=args.resume))
     summary = run_generation(plan)
     _print_generation(summary)
