@@ -67,6 +67,8 @@ def make_run(tmp_path, name: str, settings: dict, batch_size: int, models_cache:
 
 @pytest.mark.benchmark(group="share-negatives")
 def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
+    from steer.engine.scheduler import describe_steps
+
     models: dict = {}
     runs = {name: make_run(tmp_path, name, settings, batch, models) for name, (settings, batch) in CONTENDERS.items()}
     for run in runs.values():  # warm-up: first loads, first allocations
@@ -85,7 +87,7 @@ def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
         hit = "" if hits[name] is None else f"  negative tokens cached: {100 * hits[name]:.0f}%"
         print(f"  {name:<18} median {statistics.median(values):5.2f} s  {[round(v, 2) for v in values]}  "
               f"{tokens[name]} tokens{hit}")  # fmt: skip
-        print("  " + " " * 18 + " steps: " + ", ".join(f"{kind} {k['steps']} x {k['ms_per_step']:.2f} ms" for kind, k in steps[name].items()))
+        print("  " + " " * 18 + f" steps: {describe_steps(steps[name])}")
     ratios = {}
     for b in BATCH_SIZES:
         ratios.update({

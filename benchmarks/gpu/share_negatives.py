@@ -73,6 +73,8 @@ def paired(times: dict, a: str, b: str) -> float | None:
 
 
 def main() -> int:
+    from steer.engine.scheduler import describe_steps
+
     args = common.parse_args(__doc__.splitlines()[0], lambda p: (
         p.add_argument("--batches", type=str, default=None, help="comma-separated --batch-size values (default 16,64)"),
         p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3, dry run 1)")))
@@ -124,7 +126,7 @@ def main() -> int:
             line += "".join(f" | {label} ERROR {message}" for label, message in errors.items())
             print(line, flush=True)
             for label, kinds in steps.items():  # the last round's steps: how many of each kind, and what one cost
-                print(f"  {label} steps: " + ", ".join(f"{kind} {k['steps']} x {k['ms_per_step']:.2f} ms" for kind, k in kinds.items()), flush=True)
+                print(f"  {label} steps: {describe_steps(kinds)}", flush=True)
     records.emit(record="summary", failures=failures)
     return 1 if failures else 0
 

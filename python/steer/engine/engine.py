@@ -299,15 +299,16 @@ class SteerEngine:
         start, graphed = time.perf_counter(), self.runner.graph_forwards
         try:
             plan = self.scheduler.schedule()
-            size, prefill = plan.size(), plan.max_new_tokens > 1
+            tokens_computed, rows = plan.size()
             tokens = self._sample(plan, self.runner.run(plan))
         except BaseException:
             for group in self.scheduler.release_all(computed=False):
                 self._groups.pop(group.request_id, None)
             raise
         finished = set(map(id, self.scheduler.postprocess(plan, tokens)))
-        kind = "prefill" if prefill else "graph" if self.runner.graph_forwards > graphed else "decode"
-        self.step_stats.add(kind, time.perf_counter() - start, *size)
+        # every stream computes at least one token: more tokens than rows means some stream prefilled
+        kind = "prefill" if tokens_computed > rows else "graph" if self.runner.graph_forwards > graphed else "decode"
+        self.step_stats.add(kind, time.perf_counter() - start, tokens_computed, rows)
         outputs = []
         for group in plan.groups:
             if id(group) in finished:

@@ -70,6 +70,11 @@ class StepStats:
                        "ms_per_step": 1000 * self.seconds[kind] / count} for kind, count in self.steps.items()}  # fmt: skip
 
 
+def describe_steps(steps: dict) -> str:
+    """One line of a ``StepStats.as_dict()``: each kind's count and milliseconds a step."""
+    return ", ".join(f"{kind} {k['steps']} x {k['ms_per_step']:.2f} ms" for kind, k in steps.items())
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """One step's work: the groups in the sampler's row order (decoding ones first, then the
