@@ -54,15 +54,15 @@ def _llama_like(config_class, model_class, seed: int, vocab_size: int, **extra):
     return _finish(model_class(config))
 
 
-def tiny_mistral(seed: int = 0, vocab_size: int = VOCAB):
+def tiny_mistral(seed: int = 0, vocab_size: int = VOCAB, window: int = WINDOW):
     """Mistral with a window of WINDOW keys in every layer."""
-    return _llama_like(MistralConfig, MistralForCausalLM, seed, vocab_size, sliding_window=WINDOW)
+    return _llama_like(MistralConfig, MistralForCausalLM, seed, vocab_size, sliding_window=window)
 
 
-def tiny_qwen2_windowed(seed: int = 0, vocab_size: int = VOCAB):
+def tiny_qwen2_windowed(seed: int = 0, vocab_size: int = VOCAB, window: int = WINDOW):
     """Qwen2 with use_sliding_window: a full-attention first layer, a windowed second one."""
     return _llama_like(
-        Qwen2Config, Qwen2ForCausalLM, seed, vocab_size, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1
+        Qwen2Config, Qwen2ForCausalLM, seed, vocab_size, use_sliding_window=True, sliding_window=window, max_window_layers=1
     )
 
 
@@ -90,28 +90,28 @@ def tiny_llama3(seed: int = 0, vocab_size: int = VOCAB):
     return _llama_like(LlamaConfig, LlamaForCausalLM, seed, vocab_size, rope_parameters=rope)
 
 
-def tiny_qwen3(seed: int = 0, vocab_size: int = VOCAB):
+def tiny_qwen3(seed: int = 0, vocab_size: int = VOCAB, window: int = WINDOW):
     """Qwen3: q/k norms per head; a full first layer and a WINDOW-key second one."""
     return _llama_like(Qwen3Config, Qwen3ForCausalLM, seed, vocab_size, head_dim=8, use_sliding_window=True,
-                       sliding_window=WINDOW, max_window_layers=1)  # fmt: skip
+                       sliding_window=window, max_window_layers=1)  # fmt: skip
 
 
-def tiny_gemma2(seed: int = 0, vocab_size: int = VOCAB):
+def tiny_gemma2(seed: int = 0, vocab_size: int = VOCAB, window: int = WINDOW):
     """Gemma 2: a WINDOW-key layer then a global one, attention and final-logit soft caps, pre- and
     post-norms, scaled embeddings, query_pre_attn_scalar."""
-    return _llama_like(Gemma2Config, Gemma2ForCausalLM, seed, vocab_size, head_dim=8, sliding_window=WINDOW,
+    return _llama_like(Gemma2Config, Gemma2ForCausalLM, seed, vocab_size, head_dim=8, sliding_window=window,
                        attn_logit_softcapping=3.0, final_logit_softcapping=5.0, query_pre_attn_scalar=8)  # fmt: skip
 
 
-def tiny_gemma3(seed: int = 0, vocab_size: int = VOCAB):
+def tiny_gemma3(seed: int = 0, vocab_size: int = VOCAB, window: int = WINDOW):
     """Gemma 3 text: q/k norms, a local (WINDOW keys, its own rope base) and a global layer."""
-    return _llama_like(Gemma3TextConfig, Gemma3ForCausalLM, seed, vocab_size, head_dim=8, sliding_window=WINDOW,
+    return _llama_like(Gemma3TextConfig, Gemma3ForCausalLM, seed, vocab_size, head_dim=8, sliding_window=window,
                        query_pre_attn_scalar=8, layer_types=["sliding_attention", "full_attention"])  # fmt: skip
 
 
-def tiny_phi3(seed: int = 0, vocab_size: int = VOCAB):
+def tiny_phi3(seed: int = 0, vocab_size: int = VOCAB, window: int = WINDOW):
     """Phi-3: fused qkv and gate-up projections, a WINDOW-key window."""
-    return _llama_like(Phi3Config, Phi3ForCausalLM, seed, vocab_size, sliding_window=WINDOW)
+    return _llama_like(Phi3Config, Phi3ForCausalLM, seed, vocab_size, sliding_window=window)
 
 
 def tiny_olmo2(seed: int = 0, vocab_size: int = VOCAB):
@@ -133,9 +133,15 @@ BUILDERS = {
 HF_LAYER_ARCHS = ["qwen3", "gemma2", "gemma3", "phi3", "olmo2", "smollm3"]
 
 
-def expert_and_base(arch: str):
-    """Two different random models of one architecture and tokenizer: an 'expert' and its 'base'."""
-    return BUILDERS[arch](seed=1), BUILDERS[arch](seed=2)
+# The architectures whose builders take a sliding ``window`` (WINDOW keys unless told).
+WINDOWED = {"mistral", "qwen2_windowed", "qwen3", "gemma2", "gemma3", "phi3"}
+
+
+def expert_and_base(arch: str, window: int | None = None):
+    """Two different random models of one architecture and tokenizer: an 'expert' and its 'base'
+    (``window``: their sliding window, for the windowed architectures; WINDOW keys by default)."""
+    options = {"window": window} if window is not None and arch in WINDOWED else {}
+    return BUILDERS[arch](seed=1, **options), BUILDERS[arch](seed=2, **options)
 
 
 def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

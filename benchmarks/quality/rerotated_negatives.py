@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from steer.hf.uncached import block_mask
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -68,20 +70,6 @@ def load(domain):
     sources = ModelSources.resolve(domain.expert, domain.base, needs_base=True)
     expert, _ = load_models(sources, dtype=torch.float32)
     return load_tokenizer(sources), expert
-
-
-def block_mask(chunk_lengths: list[int], tail: int) -> torch.Tensor:
-    """[1, 1, T, T] additive mask: causal, and within the chunks each chunk sees only itself; the
-    ``tail`` positions after them see everything before them."""
-    total = sum(chunk_lengths) + tail
-    allowed = torch.tril(torch.ones(total, total, dtype=torch.bool))
-    start = 0
-    for length in chunk_lengths:
-        allowed[start:start + length, :start] = False
-        start += length
-    mask = torch.zeros(1, 1, total, total)
-    mask[0, 0][~allowed] = torch.finfo(torch.float32).min
-    return mask
 
 
 @torch.no_grad()

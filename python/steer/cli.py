@@ -79,6 +79,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
     if not serve:  # a server's requests bring or draw their own negatives
         group.add_argument("--share-negatives", type=int, default=1, help="K consecutive samples use one draw of negative examples, so their negative context is prefilled once (default 1: a draw per sample, the paper's)")
+        group.add_argument("--per-example-kv", action="store_true", help="with --negative-mode concat: compute each pool example's KV once, alone, and copy it (keys re-rotated) into every joined negative context that draws it, instead of prefilling each draw; an approximation (no example attends to the ones before it), close on the demo (docs/design.md); needs rotary positions")
     group.add_argument("--eos-exempt", action="store_true", help="let the expert-vs-base contrast alone decide the probability of the end-of-text token; the negatives, which otherwise keep samples from ending at large eta, still shape the rest (not in the paper)")
     group.add_argument("--seed", type=int, default=0, help="the run's seed (default 0): the k-th sample attempted uses seed + k; attempts that give an empty text or a duplicate are dropped, so the seeds in the records can skip numbers")
     run = parser.add_argument_group("running")
@@ -110,7 +111,7 @@ def _steer_config(args: argparse.Namespace, gamma: float, eta: float):
             gamma=gamma, eta=eta, num_negatives=args.num_negatives, negative_mode=args.negative_mode,
             top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
             max_new_tokens=args.max_new_tokens, seed=args.seed, eos_exempt=args.eos_exempt,
-            share_negatives=getattr(args, "share_negatives", 1),
+            share_negatives=getattr(args, "share_negatives", 1), per_example_kv=getattr(args, "per_example_kv", False),
         )
     except ValueError as error:
         option = str(error).split()[0].replace("_", "-")  # "top_k must be ..." -> --top-k
@@ -172,6 +173,8 @@ def _print_generation(summary) -> None:
         print(f"  novelty gate: {summary.novelty_rejected} samples too close to the pool, sampled again")
     if summary.negative_cache_hit is not None:
         print(f"  negative contexts: {100 * summary.negative_cache_hit:.0f}% of their tokens found in the prefix cache")
+    if summary.chunk_cache_hit is not None:
+        print(f"  per-example KV: {100 * summary.chunk_cache_hit:.0f}% of the drawn examples' chunk tokens found cached, the rest computed once")
     if summary.workers:
         rates = ", ".join(f"worker {i}: {w['decoded']} decoded ({w['decoded'] / max(w['seconds'], 1e-9):.1f}/s)"
                           + (f", {w['lost']} lost and redone" if w["lost"] else "") for i, w in enumerate(summary.workers))  # fmt: skip

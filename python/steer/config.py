@@ -110,6 +110,12 @@ class SteerConfig:
         other tokens share the rest in STEER's proportions (the negative contexts predict the end
         of an example too, so at eta 0.6 many samples would never end; not in the paper). Needs
         the EOS token id where sampling happens (steer.ops.exempt).
+    per_example_kv: in "concat" mode, each pool example's KV is computed once, alone, and copied
+        into every joined negative context that draws it, its keys re-rotated to its offset there
+        (steer.engine.chunks): a draw then costs a copy instead of a prefill, without sharing
+        draws. An approximation: no example attends to the ones before it in the joined context
+        (the generated tokens still attend to all of them). Needs rotary positions (not GPT-2's);
+        docs/design.md says how close it measured. Off by default (the paper's exact context).
     max_new_tokens: generation length limit per sample.
     seed: base seed for reproducible sampling (None: nondeterministic).
     """
@@ -125,6 +131,7 @@ class SteerConfig:
     rescale: bool = False
     share_negatives: int = 1
     eos_exempt: bool = False
+    per_example_kv: bool = False
     max_new_tokens: int = 64
     seed: int | None = None
 
@@ -148,6 +155,13 @@ class SteerConfig:
             raise ValueError(f"share_negatives must be an int >= 1, got {self.share_negatives!r}")
         if not isinstance(self.eos_exempt, bool):
             raise ValueError(f"eos_exempt must be a bool, got {self.eos_exempt!r}")
+        if not isinstance(self.per_example_kv, bool):
+            raise ValueError(f"per_example_kv must be a bool, got {self.per_example_kv!r}")
+        if self.per_example_kv and self.negative_mode != "concat":
+            raise ValueError(
+                f"per_example_kv applies to negative_mode 'concat' (a joined context assembled from each example's KV); "
+                f"negative_mode {self.negative_mode!r} already computes each example's KV once, in its own stream"
+            )
 
     @property
     def num_negative_streams(self) -> int:

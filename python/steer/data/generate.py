@@ -43,11 +43,12 @@ from steer.engine.pool import NegativePool, dedupe_key, example_budget, example_
 RUN_FIELDS = (
     "gamma", "eta", "num_negatives", "negative_mode", "top_k", "top_p", "temperature", "max_new_tokens",
     "run_seed", "expert_digest", "base_digest", "prompt", "real_digest", "pool_round", "eos_exempt", "share_negatives",
-    "novelty_threshold", "novelty_method",
+    "novelty_threshold", "novelty_method", "per_example_kv",
 )
 # Fields newer than the first record format: a record without one was written before it existed,
 # with the value given here (None: whatever today's run uses, as the schedule did not change it).
-LATER_FIELDS = {"pool_round": None, "eos_exempt": False, "share_negatives": 1, "novelty_threshold": None, "novelty_method": None}
+LATER_FIELDS = {"pool_round": None, "eos_exempt": False, "share_negatives": 1, "novelty_threshold": None, "novelty_method": None,
+                "per_example_kv": False}
 MAX_ATTEMPTS_PER_SAMPLE = 20  # a run that keeps producing duplicates or empty texts stops with an error
 # A record's seed is the run's seed plus its attempt number: far below this limit in any real run,
 # which keeps a resumed run's seeds (run seed < 2^62, plus offsets) below the engine's 2^63.
@@ -216,11 +217,13 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "run_seed": config.seed,
         **sources.fingerprints(), "prompt": request.prompt, "real_digest": texts_digest(request.real_texts),
         "pool_round": pool_round(request), "eos_exempt": config.eos_exempt, "share_negatives": config.share_negatives,
-        "novelty_threshold": request.novelty_threshold,
+        "novelty_threshold": request.novelty_threshold, "per_example_kv": config.per_example_kv,
         "novelty_method": None if request.novelty_threshold is None else resolve_method(request.novelty_method),
     }
-    if request.workers is not None or request.novelty_threshold is not None:
-        _check_engine_runs(sources, "--workers" if request.workers is not None else "--novelty-threshold")
+    engine_options = [(request.workers is not None, "--workers"), (request.novelty_threshold is not None, "--novelty-threshold"),
+                      (config.per_example_kv, "--per-example-kv")]  # fmt: skip
+    for _, option in (o for o in engine_options if o[0]):
+        _check_engine_runs(sources, option)
     if request.resume:  # a file that cannot be continued is refused now, not after the models load
         check_resumable(request.out, existing_records(request.out), metadata, request.n)
     return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata, budget)
@@ -354,10 +357,17 @@ class GenerationSummary:
     truncated_examples: int
     workers: list | None = None  # per Ray worker: decoded, lost, seconds (--workers)
     negative_cache_hit: float | None = None  # share of negative-context tokens found in the prefix cache (engine, one process)
+    chunk_cache_hit: float | None = None  # --per-example-kv: share of the examples' chunk tokens found cached (engine, one process)
     novelty_rejected: int = 0  # attempts the novelty gate turned away, over the whole run (resumed runs included)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "out": str(self.out)}
+
+
+def _hit_rate(stats, role: str, asked_before: int, cached_before: int) -> float | None:
+    """The share of a stream role's context tokens found cached since the counts were taken."""
+    asked = stats.context_tokens.get(role, 0) - asked_before
+    return (stats.cached_tokens.get(role, 0) - cached_before) / asked if asked else None
 
 
 def _longest_context(plan: GenerationPlan) -> int:
@@ -389,7 +399,7 @@ def build_engine(plan: GenerationPlan, models=None, *, notice=None):
     SteerEngine, or the drop-in path through Hugging Face ``generate`` for a model the engine
     cannot run (said in one line to ``notice``, default stderr)."""
     from steer.engine.engine import SteerEngine
-    from steer.engine.models import unsupported_reason
+    from steer.engine.models import per_example_kv_unsupported, unsupported_reason
 
     request = plan.request
     device = pick_device(request.device)
@@ -399,6 +409,8 @@ def build_engine(plan: GenerationPlan, models=None, *, notice=None):
     vocab = min(len(plan.tokenizer), expert.get_output_embeddings().weight.shape[0])
     base = base if config.gamma != 0 else None
     reason = unsupported_reason(expert, _longest_context(plan))
+    if config.per_example_kv and (reason or per_example_kv_unsupported(expert)):
+        raise DataError(f"--per-example-kv: {reason or per_example_kv_unsupported(expert)}")
     if reason is not None:
         from steer.data.dropin import DropInGenerator
 
@@ -438,10 +450,9 @@ def run_generation(plan: GenerationPlan, engine=None, *, models=None) -> Generat
             engine = engine if engine is not None else build_engine(plan, models)
             if isinstance(engine, SteerEngine):
                 stats = engine.prefix_cache_stats
-                before = (stats.context_tokens.get("negative", 0), stats.cached_tokens.get("negative", 0))
+                before = {role: (stats.context_tokens.get(role, 0), stats.cached_tokens.get(role, 0)) for role in ("negative", "chunk")}
                 _generate_in_rounds(engine, RoundRun(plan, existing, writer, summary, progress, max_attempts), request.batch_size)
-                asked = stats.context_tokens.get("negative", 0) - before[0]
-                summary.negative_cache_hit = (stats.cached_tokens.get("negative", 0) - before[1]) / asked if asked else None
+                summary.negative_cache_hit, summary.chunk_cache_hit = (_hit_rate(stats, role, *before[role]) for role in ("negative", "chunk"))
             else:
                 _generate_with_dropin(plan, engine, existing, writer, summary, progress, max_attempts)
         writer.finish()
@@ -530,14 +541,16 @@ class RoundRun:
         self.planner.lost(attempts)
 
     def request_of(self, attempt):
-        from steer.engine.pool import frame_examples
+        from steer.engine.pool import example_chunks, frame_examples
         from steer.engine.sequence import Request
 
         plan, config = self.plan, self.plan.request.config
         chosen = [self.planner.examples[i] for i in attempt.negatives]
-        negatives = frame_examples(chosen, config.negative_mode, plan.prompt_ids, plan.separator_ids,
-                                   plan.separator_ids) if chosen else []  # fmt: skip
-        return Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id, seed=attempt.seed)
+        frames = (plan.prompt_ids, plan.separator_ids, plan.separator_ids)
+        negatives = frame_examples(chosen, config.negative_mode, *frames) if chosen else []
+        chunks = [example_chunks(chosen, *frames)] if chosen and config.per_example_kv else []
+        return Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id, seed=attempt.seed,
+                       negative_chunks=chunks)  # fmt: skip
 
     def prepare(self, token_lists) -> None:
         """Attempts that finished together: their texts embedded in one batch for the novelty gate."""

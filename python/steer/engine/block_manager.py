@@ -92,11 +92,12 @@ class BlockManager:
     def _parent(self, block_id: int) -> tuple[int, int]:
         return block_id, self.blocks[block_id].life
 
-    def _plan(self, namespace: str, tokens: list[int]):
-        """For each block of a new stream: (its identity if full, the cached block that already
-        holds it or None). Sharing stops at the first miss: KV after it differs."""
+    def _plan(self, namespace: str, tokens: list[int], whole: bool = False):
+        """For each block of a new stream: (its identity if it is full, or every block's if
+        ``whole``; the cached block that already holds it or None). Sharing stops at the first
+        miss: KV after it differs."""
         parent, sharing = None, True
-        full = len(tokens) // self.block_size
+        full = self.blocks_needed(len(tokens)) if whole else len(tokens) // self.block_size
         for index in range(self.blocks_needed(len(tokens))):
             if index >= full:
                 yield None, None
@@ -107,18 +108,19 @@ class BlockManager:
             parent = self._parent(cached) if sharing else None  # a miss ends sharing: parent unused after
             yield identity, cached
 
-    def new_blocks_needed(self, namespace: str, tokens: list[int]) -> int:
-        """Blocks an ``allocate(namespace, tokens)`` would take from the free list now."""
-        return sum(cached is None or self.blocks[cached].ref_count == 0 for _, cached in self._plan(namespace, tokens))
+    def new_blocks_needed(self, namespace: str, tokens: list[int], whole: bool = False) -> int:
+        """Blocks an ``allocate(namespace, tokens, whole=whole)`` would take from the free list now."""
+        plan = self._plan(namespace, tokens, whole)
+        return sum(cached is None or self.blocks[cached].ref_count == 0 for _, cached in plan)
 
-    def cached_prefix_tokens(self, namespace: str, tokens: list[int]) -> int:
-        """Leading tokens whose KV an ``allocate(namespace, tokens)`` would find cached now."""
+    def cached_prefix_tokens(self, namespace: str, tokens: list[int], whole: bool = False) -> int:
+        """Leading tokens whose KV an ``allocate(namespace, tokens, whole=whole)`` would find cached now."""
         hits = 0
-        for _, cached in self._plan(namespace, tokens):
+        for _, cached in self._plan(namespace, tokens, whole):
             if cached is None:
                 break
             hits += 1
-        return hits * self.block_size
+        return min(hits * self.block_size, len(tokens))
 
     # -- allocation ---------------------------------------------------------------------------------
 
@@ -152,14 +154,19 @@ class BlockManager:
         block.identity = BlockIdentity(table.namespace, parent, tokens)
         self._cached.setdefault(hash(block.identity), block.block_id)
 
-    def allocate(self, namespace: str, tokens: list[int]) -> BlockTable:
+    def allocate(self, namespace: str, tokens: list[int], *, whole: bool = False) -> BlockTable:
         """Blocks for a new stream whose context is ``tokens``, sharing every cached full prefix block.
 
         ``num_cached_tokens`` of the result says how many leading tokens already have their KV
         (a prefix of full blocks): the model runner computes only the rest. Atomic: on
         OutOfBlocks nothing stays allocated.
+
+        ``whole``: the last, partial block is cached too (its identity holds fewer tokens than a
+        block, so only another ``whole`` allocation of the same tokens finds it). For KV that
+        never grows: a negative example's chunk, computed once and copied into joined contexts
+        (steer.engine.joined); such a table must never be appended to.
         """
-        plan = list(self._plan(namespace, tokens))
+        plan = list(self._plan(namespace, tokens, whole))
         needed = sum(cached is None or self.blocks[cached].ref_count == 0 for _, cached in plan)
         if needed > self.num_free_blocks:
             raise OutOfBlocks(f"{needed} blocks needed, {self.num_free_blocks} free")
@@ -174,6 +181,7 @@ class BlockManager:
             if identity is not None:
                 self._register_full(table, index, identity.tokens)
         table.num_tokens = len(tokens)
+        table.num_cached_tokens = min(table.num_cached_tokens, len(tokens))
         return table
 
     def needs_block_to_append(self, table: BlockTable) -> bool:

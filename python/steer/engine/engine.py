@@ -21,6 +21,10 @@ every request the engine holds (their KV may be half written) and drops them; a 
 or ``run()`` that stops early (an exception, a KeyboardInterrupt, a generator closed) aborts the
 requests it added. The block manager outlives every call, so a leak would starve every later one.
 
+With ``SteerConfig(per_example_kv=True)`` (or a request's ``negative_chunks``) a joined negative
+context is assembled from each example's own cached KV, re-rotated to its offset, instead of
+prefilled (steer.engine.chunks): an approximation, no example attending to the others.
+
 ``engine.step_stats`` (steer.engine.scheduler.StepStats) counts the steps by kind (prefill,
 eager decode, CUDA-graph decode) with their wall time, and ``engine.prefix_cache_stats`` the
 context tokens found cached: where a run's time went, without a profiler.
@@ -43,7 +47,7 @@ from steer.engine.block_manager import BlockManager
 from steer.engine.cuda_graph import DecodeGraphs
 from steer.engine.kv_cache import PagedKVCache
 from steer.engine.model_runner import ModelRunner, expert_slots, slot_weights
-from steer.engine.models import runner_for
+from steer.engine.models import per_example_kv_unsupported, runner_for
 from steer.engine.projection import adapted_weight_bytes
 from steer.engine.pool import NegativePool
 from steer.engine.scheduler import Scheduler, StepPlan, StepStats
@@ -150,6 +154,8 @@ class SteerEngine:
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
         self.passes = self._forward_passes(expert, base, self._should_merge(merge_adapters, expert), fuse_projections)
         self.has_base = any("base" in namespaces for _, namespaces in self.passes)
+        if self.config.per_example_kv and self._per_example_kv_unsupported():
+            raise ValueError(f"per_example_kv: {self._per_example_kv_unsupported()}")
         self.max_context_length = self._max_context_length()
         parameter = next(expert.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
@@ -229,6 +235,11 @@ class SteerEngine:
         if expert_runner.kv_shape != base_runner.kv_shape:
             raise ValueError(f"expert and base must share an architecture: KV shapes {expert_runner.kv_shape} vs {base_runner.kv_shape}")
         return [(expert_runner, ("expert",)), (base_runner, ("base",))]
+
+    def _per_example_kv_unsupported(self) -> str | None:
+        """Why this engine cannot assemble joined negative contexts from per-example KV, or None."""
+        runner = next(r for r, namespaces in self.passes if "expert" in namespaces)
+        return per_example_kv_unsupported(runner.model)
 
     def _max_context_length(self) -> int | None:
         """The most positions a stream may reach: the shortest context of the models that run."""
@@ -412,7 +423,8 @@ class SteerEngine:
         if indices is None:
             indices = pool.draw(config.num_negatives) if config.eta != 0 else []
         negatives = pool.negative_streams(indices, config.negative_mode) if indices else []
-        request = dataclasses.replace(template, negative_ids=negatives, seed=seed)
+        chunks = [pool.negative_chunks(indices)] if indices and config.per_example_kv else []
+        request = dataclasses.replace(template, negative_ids=negatives, negative_chunks=chunks, seed=seed)
         for stream, negative in enumerate(request.negative_ids):
             name = f"sample {index}'s negative_ids[{stream}] (pool examples {indices})"
             self._check_stream(name, negative, request.max_new_tokens)
@@ -475,6 +487,8 @@ class SteerEngine:
                 raise ValueError(f"{where}negative_ids is empty, but eta = {eta} needs at least one negative stream")
             for index, negative in enumerate(request.negative_ids):
                 self._check_stream(f"{where}negative_ids[{index}]", negative, request.max_new_tokens)
+            if any(request.negative_chunks) and self._per_example_kv_unsupported():
+                raise ValueError(f"{where}negative_chunks: {self._per_example_kv_unsupported()}")
         if request.eos_token_id is not None and request.eos_token_id >= self.vocab_size:
             raise ValueError(f"{where}eos_token_id = {request.eos_token_id} {self._not_in_vocabulary()}")
         if request.setting("eos_exempt", self.config) and eta != 0 and request.eos_token_id is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from steer.engine.attention import PagedAttention
+from steer.engine.chunks import compute_chunks, copy_chunks, joined_streams
 from steer.engine.scheduler import StepPlan
 from steer.engine.step_batch import StepBatch
 
@@ -39,6 +40,9 @@ class ModelRunner:
         groups = plan.groups
         k_expert, k_base = expert_slots(groups), int(any(g.has_base for g in groups))
         vocab = min(self.lm_head_rows)
+        joined = joined_streams(groups)
+        if joined:  # per-example KV: the chunks' forward and copies come before the step's forward
+            self._assemble(joined)
         hidden_of, dtype = self._forward_all(groups)
         dtype = dtype if dtype in SAMPLER_DTYPES else torch.float32  # float64 models (tests) sample in float32
         buffer = torch.empty((k_expert + k_base, len(groups), vocab), dtype=dtype, device=self.device)
@@ -61,6 +65,12 @@ class ModelRunner:
             if cap:  # Gemma's final soft cap, which its LM head forward applies: cap * tanh(logits / cap)
                 out.div_(cap).tanh_().mul_(cap)
         return buffer.permute(1, 0, 2)
+
+    def _assemble(self, joined) -> None:
+        """Write the chunks of the step's joined negative streams into their slots (steer.engine.chunks)."""
+        runner, namespaces = next((r, n) for r, n in self.passes if "expert" in n)
+        compute_chunks(joined, runner, self.attention, self.block_size, self.device, adapters=namespaces[0] == "expert")
+        copy_chunks(joined, runner.key_rotation, self.attention.cache, self.device)
 
     def _forward_all(self, groups):
         """Per pass, (the last hidden states of its rows, {(group index, namespace, stream index

@@ -63,6 +63,10 @@ class NegativePool:
         prefix, separator and suffix)."""
         return frame_examples([self.examples[i] for i in indices], mode, self.prefix, self.separator, self.suffix)
 
+    def negative_chunks(self, indices: list[int]) -> list[list[int]]:
+        """The per-example chunks of these examples' joined ("concat") context (``example_chunks``)."""
+        return example_chunks([self.examples[i] for i in indices], self.prefix, self.separator, self.suffix)
+
 
 def frame_examples(examples, mode: str, prefix, separator, suffix) -> list[list[int]]:
     """Negative contexts of these examples: one stream of them joined by the separator
@@ -73,6 +77,24 @@ def frame_examples(examples, mode: str, prefix, separator, suffix) -> list[list[
     for example in examples[1:]:
         joined += list(separator) + list(example)
     return [joined + list(suffix)]
+
+
+def example_chunks(examples, prefix, separator, suffix) -> list[list[int]]:
+    """The joined ("concat") context of ``frame_examples`` cut into one chunk per example, whose KV
+    can be computed alone and copied in (SteerConfig.per_example_kv); the chunks joined are a
+    prefix of the context, and the rest of it (what the generated tokens follow) is computed in it.
+
+    With the usual framing (separator = suffix = an example's end, then the prefix that begins the
+    next one) chunk i is prefix + example_i + end: each example with its own beginning and end, as
+    the model saw it in training, and the rest is the last prefix. With any other framing, chunk 1
+    is prefix + example_1 and chunk i is separator + example_i; the rest is the suffix.
+    """
+    prefix, separator, suffix = list(prefix), list(separator), list(suffix)
+    begins_next = len(separator) >= len(prefix) and separator[len(separator) - len(prefix) :] == prefix
+    if separator == suffix and begins_next:
+        end = separator[: len(separator) - len(prefix)]
+        return [prefix + list(example) + end for example in examples]
+    return [(prefix if i == 0 else separator) + list(example) for i, example in enumerate(examples)]
 
 
 def example_separator(prompt_ids: Sequence[int], eos_token_id: int | None, newline_ids: Sequence[int]) -> list[int]:

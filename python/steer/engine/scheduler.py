@@ -24,14 +24,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from steer.engine.block_manager import BlockManager, OutOfBlocks
-from steer.engine.sequence import GroupStatus, SampleGroup
+from steer.engine.sequence import GroupStatus, SampleGroup, Stream, StreamRole
 
 
 @dataclass
 class PrefixCacheStats:
-    """Per stream role ("prompt", "base", "negative"): context tokens the admitted streams asked
-    for, and how many of them were found cached (their KV shared, not computed). A preempted
-    group counts again when it is admitted again."""
+    """Per stream role ("prompt", "base", "negative", and "chunk": the per-example chunks a joined
+    negative context copies, SteerConfig.per_example_kv): context tokens the admitted streams
+    asked for, and how many of them were found cached (their KV shared, not computed; the chunks
+    a joined stream copies count under "chunk", not as its own). A preempted group counts again when it is
+    admitted again."""
 
     context_tokens: dict[str, int] = field(default_factory=dict)
     cached_tokens: dict[str, int] = field(default_factory=dict)
@@ -112,6 +114,8 @@ class Scheduler:
         """A ValueError if the group could never run: more blocks at its longest than the cache
         has, or more streams than a step holds."""
         worst_case = sum(self.blocks.blocks_needed(n) for n in group.longest_context_at_end())
+        # a joined stream's chunks hold their own blocks during the step that copies them
+        worst_case += sum(self.blocks.blocks_needed(len(c)) for s in group.streams for c in s.chunks)
         if worst_case > self.blocks.num_blocks:
             raise ValueError(
                 f"request {group.request_id!r} needs {worst_case} KV blocks at its longest "
@@ -160,6 +164,7 @@ class Scheduler:
         for group, token in zip(plan.groups, tokens):
             for stream in group.streams:
                 stream.num_computed = len(stream.tokens)
+                self._release_chunks(stream, computed=True)
             group.append(token)
             if group.status is GroupStatus.FINISHED:
                 self._release(group)
@@ -188,23 +193,53 @@ class Scheduler:
 
     def _release(self, group: SampleGroup, *, computed: bool = True) -> None:
         for stream in group.streams:
+            self._release_chunks(stream, computed=computed)
             if stream.table is not None:
                 self.blocks.free(stream.table, computed=computed)
                 stream.table = None
             stream.num_computed = 0
 
+    def _release_chunks(self, stream: Stream, *, computed: bool) -> None:
+        """Give back the chunk tables a joined stream held for the step that copied them (their
+        blocks stay in the prefix cache, for the next draw of the same examples)."""
+        for _, chunk in stream.chunk_streams:
+            self.blocks.free(chunk.table, computed=computed)
+        stream.chunk_streams, stream.copy_range = [], (0, 0)
+
     def _try_allocate(self, group: SampleGroup) -> bool:
         try:
             for stream in group.streams:
-                stream.table = self.blocks.allocate(stream.namespace, stream.tokens)
+                stream.table = self.blocks.allocate(stream.cache_namespace, stream.tokens)
                 # The last token always runs, for its logits, even when its KV is cached.
                 stream.num_computed = min(stream.table.num_cached_tokens, len(stream.tokens) - 1)
+                if stream.chunks:
+                    self._allocate_chunks(stream)
         except OutOfBlocks:
             self._release(group, computed=False)  # no forward ran: their KV was never written
             return False
         for stream in group.streams:
-            self.cache_stats.add(stream.role.value, len(stream.tokens), stream.num_computed)
+            for _, chunk in stream.chunk_streams:
+                self.cache_stats.add(StreamRole.CHUNK.value, len(chunk.tokens), chunk.num_computed)
+            cached = min(stream.table.num_cached_tokens, len(stream.tokens) - 1)  # copied chunks are not cached
+            self.cache_stats.add(stream.role.value, len(stream.tokens), cached)
         return True
+
+    def _allocate_chunks(self, stream: Stream) -> None:
+        """Plan the copy of a joined stream's chunks into its positions past its cached prefix
+        (up to its last token, which always runs): each chunk it needs gets a ``whole`` table of
+        its own, found cached or computed by the step's chunk forward (steer.engine.chunks). The
+        copied positions count as computed: the model runner writes them before the forward."""
+        start, end = stream.num_computed, min(stream.chunks_length, len(stream.tokens) - 1)
+        if start >= end:
+            return
+        offset = 0
+        for chunk in stream.chunks:
+            if offset < end and offset + len(chunk) > start:
+                table = self.blocks.allocate(chunk_namespace(stream.namespace), list(chunk), whole=True)
+                own = Stream(StreamRole.CHUNK, stream.namespace, list(chunk), len(chunk), table, table.num_cached_tokens)
+                stream.chunk_streams.append((offset, own))
+            offset += len(chunk)
+        stream.copy_range, stream.num_computed = (start, end), end
 
     def _preempt_latest(self) -> None:
         victim = self.running.pop()
@@ -227,10 +262,17 @@ class Scheduler:
         return list(self.running)
 
     def _prefill_tokens(self, group: SampleGroup) -> int:
-        """New tokens the group's first forward computes (its streams' uncached suffixes)."""
-        return sum(
-            max(1, len(s.tokens) - self.blocks.cached_prefix_tokens(s.namespace, s.tokens)) for s in group.streams
-        )
+        """New tokens the group's first forward computes (its streams' uncached suffixes, and the
+        chunks a joined stream would compute rather than find cached)."""
+        total = 0
+        for stream in group.streams:
+            cached = self.blocks.cached_prefix_tokens(stream.cache_namespace, stream.tokens)
+            if stream.chunks and cached < stream.chunks_length:
+                namespace = chunk_namespace(stream.namespace)
+                total += sum(len(c) - self.blocks.cached_prefix_tokens(namespace, list(c), whole=True) for c in stream.chunks)
+                cached = stream.chunks_length
+            total += max(1, len(stream.tokens) - cached)
+        return total
 
     def _admit(self) -> list[SampleGroup]:
         """Move waiting groups that fit (blocks, rows and the step's token budget) into the running
@@ -249,3 +291,8 @@ class Scheduler:
             self.running.append(group)
             admitted.append(group)
         return admitted
+
+
+def chunk_namespace(namespace: str) -> str:
+    """Where the prefix cache files the per-example chunks of a model's joined negative contexts."""
+    return f"{namespace}:chunk"

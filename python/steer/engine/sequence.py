@@ -56,6 +56,27 @@ def _check_negative_streams(negative_ids) -> list[list[int]]:
     return [check_token_ids(f"negative_ids[{i}]", stream) for i, stream in enumerate(streams)]
 
 
+def _check_negative_chunks(negative_chunks, negative_ids: list[list[int]]) -> list[list[list[int]]]:
+    """Per negative stream, its chunks (token-id lists, each non-empty) whose concatenation is a
+    proper prefix of the stream: at least its last token is computed in the joined context, for
+    its logits. An empty list for a stream: no chunks, its KV is computed exactly."""
+    per_stream = _as_list("negative_chunks", negative_chunks)
+    if per_stream and len(per_stream) != len(negative_ids):
+        raise ValueError(f"negative_chunks has {len(per_stream)} entries but negative_ids has {len(negative_ids)} streams: give one chunk list per stream")
+    checked = []
+    for index, chunks in enumerate(per_stream):
+        chunks = [check_token_ids(f"negative_chunks[{index}][{i}]", c) for i, c in enumerate(_as_list(f"negative_chunks[{index}]", chunks))]
+        joined = [token for chunk in chunks for token in chunk]
+        stream = negative_ids[index]
+        if len(joined) >= len(stream) or stream[: len(joined)] != joined:
+            raise ValueError(
+                f"negative_chunks[{index}] joined ({len(joined)} tokens) is not a proper prefix of negative_ids[{index}] "
+                f"({len(stream)} tokens): the chunks must be the stream's leading tokens, with at least one token after them"
+            )
+        checked.append(chunks)
+    return checked
+
+
 # What a request without its own value and without a config samples with.
 NEUTRAL_SETTINGS = {"gamma": 0.0, "eta": 0.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "eos_exempt": False}
 
@@ -76,6 +97,12 @@ class Request:
         engine's seed, told apart by the request's position.
     eos_exempt: eos_token_id gets the contrast's probability, not the negatives' say
         (SteerConfig.eos_exempt); None takes the engine's config.
+    negative_chunks: per negative stream, the chunks its leading tokens are cut into (each a
+        token-id list; joined, a proper prefix of the stream), or empty: each chunk's KV is
+        computed alone, cached and copied into the stream with its keys re-rotated to the chunk's
+        offset, so the stream's tokens after the chunks see all of them but no chunk sees another
+        (SteerConfig.per_example_kv; an approximation, docs/design.md). Empty (the default): every
+        negative stream is computed exactly.
     """
 
     prompt_ids: list[int]
@@ -90,10 +117,12 @@ class Request:
     top_k: int | None = None
     top_p: float | None = None
     eos_exempt: bool | None = None
+    negative_chunks: list[list[list[int]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.prompt_ids = check_token_ids("prompt_ids", self.prompt_ids)
         self.negative_ids = _check_negative_streams(self.negative_ids)
+        self.negative_chunks = _check_negative_chunks(self.negative_chunks, self.negative_ids)
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
         if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -147,6 +176,7 @@ class StreamRole(enum.Enum):
     PROMPT = "prompt"
     BASE = "base"
     NEGATIVE = "negative"
+    CHUNK = "chunk"  # one chunk of a joined negative context, computed alone (steer.engine.chunks)
 
 
 @dataclass(eq=False)  # compared by identity: a scheduler finds *this* stream, not an equal one
@@ -157,11 +187,31 @@ class Stream:
     context_length: int
     table: BlockTable | None = None  # set while the group holds KV blocks
     num_computed: int = 0  # leading tokens whose KV is in the table's blocks
+    # The context's leading chunks, each computed alone and copied in (Request.negative_chunks).
+    chunks: tuple[tuple[int, ...], ...] = ()
+    # While a step assembles this stream: (offset in this stream, the chunk's own stream, in a
+    # ``whole`` table at positions 0..) per chunk it copies, and the positions [start, end) of
+    # this stream the step copies from them.
+    chunk_streams: list[tuple[int, Stream]] = field(default_factory=list)
+    copy_range: tuple[int, int] = (0, 0)
 
     @property
     def num_new(self) -> int:
         """Tokens the next forward computes: the uncached rest at a prefill, 1 at a decode."""
         return len(self.tokens) - self.num_computed
+
+    @property
+    def cache_namespace(self) -> str:
+        """What the prefix cache files this stream's blocks under: its model's namespace, or for a
+        stream joined from chunks, one of its own per chunk layout (its KV differs from the exact
+        stream's for the same tokens, and with the chunks' boundaries)."""
+        if not self.chunks:
+            return self.namespace
+        return f"{self.namespace}:joined:" + ",".join(str(len(c)) for c in self.chunks)
+
+    @property
+    def chunks_length(self) -> int:
+        return sum(len(c) for c in self.chunks)
 
 
 class GroupStatus(enum.Enum):
@@ -203,7 +253,9 @@ class SampleGroup:
         if eta != 0:
             if not request.negative_ids:
                 raise ValueError(f"request {group_id} has no negative_ids but eta > 0 needs at least one")
-            streams += [Stream(StreamRole.NEGATIVE, "expert", list(n), len(n)) for n in request.negative_ids]
+            chunks = request.negative_chunks or [[] for _ in request.negative_ids]
+            streams += [Stream(StreamRole.NEGATIVE, "expert", list(n), len(n), chunks=tuple(map(tuple, c)))
+                        for n, c in zip(request.negative_ids, chunks)]  # fmt: skip
         negatives = len(streams) - 1
         if gamma != 0:
             streams.append(Stream(StreamRole.BASE, "base", list(request.prompt_ids), len(request.prompt_ids)))

@@ -13,10 +13,31 @@ from steer import reference
 from steer.config import steer_weights
 
 
+def block_mask(chunk_lengths: list[int], tail: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[1, 1, T, T] additive attention mask of a joined context assembled from per-example KV
+    (SteerConfig.per_example_kv): causal, each chunk seeing only itself, and the ``tail``
+    positions after the chunks seeing everything before them."""
+    total = sum(chunk_lengths) + tail
+    allowed = torch.tril(torch.ones(total, total, dtype=torch.bool))
+    start = 0
+    for length in chunk_lengths:
+        allowed[start : start + length, :start] = False
+        start += length
+    mask = torch.zeros(1, 1, total, total, dtype=dtype)
+    mask[0, 0][~allowed] = torch.finfo(dtype).min
+    return mask
+
+
 @torch.no_grad()
-def _last_logits(model, tokens: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return model(input_ids=tokens.to(device).unsqueeze(0), use_cache=False).logits[0, -1].float().cpu()
+def _last_logits(model, tokens: torch.Tensor, chunk_lengths: list[int] | None = None) -> torch.Tensor:
+    """The next-token logits after ``tokens``; with ``chunk_lengths``, of the context whose leading
+    chunks each attend only to themselves (``block_mask``)."""
+    parameter = next(model.parameters())
+    kwargs = {}
+    if chunk_lengths:
+        mask = block_mask(chunk_lengths, len(tokens) - sum(chunk_lengths), parameter.dtype)
+        kwargs["attention_mask"] = mask.to(parameter.device)
+    return model(input_ids=tokens.to(parameter.device).unsqueeze(0), use_cache=False, **kwargs).logits[0, -1].float().cpu()
 
 
 @torch.no_grad()
@@ -37,9 +58,13 @@ def steer_generate_uncached(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     eos_exempt: bool = False,
+    negative_chunks: list[list[list[int]]] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` for one prompt; return the new token ids (1-D, EOS kept).
-    ``eos_exempt``: EOS gets the contrast's probability (steer.reference's ``exempt``)."""
+    ``eos_exempt``: EOS gets the contrast's probability (steer.reference's ``exempt``).
+    ``negative_chunks``: per negative stream, the chunks of its leading tokens that attend only to
+    themselves (Request.negative_chunks; [] for an exact stream)."""
+    chunk_lengths = [[len(c) for c in chunks] for chunks in (negative_chunks or [[] for _ in negative_streams])]
     weights = steer_weights(gamma, eta, len(negative_streams) if eta != 0 else 0)
     exempt = None
     if eos_exempt and eta != 0 and eos_token_id is not None:
@@ -49,7 +74,8 @@ def steer_generate_uncached(
         streams = [_last_logits(expert, torch.cat([prompt_ids, generated]))]
         streams.append(_last_logits(base, torch.cat([prompt_ids, generated])))
         if eta != 0:
-            streams += [_last_logits(expert, torch.cat([negative, generated])) for negative in negative_streams]
+            streams += [_last_logits(expert, torch.cat([negative, generated]), lengths)
+                        for negative, lengths in zip(negative_streams, chunk_lengths)]  # fmt: skip
         vocab = min(s.shape[0] for s in streams) if vocab_size is None else vocab_size
         logits = torch.stack([s[:vocab] for s in streams]).unsqueeze(0)
         probs = reference.probabilities(

@@ -27,6 +27,20 @@ def unsupported_reason(model, longest_context: int | None = None) -> str | None:
     return None
 
 
+def per_example_kv_unsupported(model) -> str | None:
+    """Why the engine cannot move this model's cached keys to another position (so cannot run
+    SteerConfig.per_example_kv), or None when it can; read from the model, no runner built."""
+    from steer.engine.models.rotary import unsupported_reason as rotary_reason
+
+    inner = hf_module(model)
+    if getattr(inner.config, "model_type", None) == "gpt2":
+        return "GPT-2's positions are learned absolute embeddings, which cached keys cannot be moved along"
+    rotary_emb = getattr(inner.get_decoder(), "rotary_emb", None)
+    if rotary_emb is None:
+        return "the model has no rotary position embedding to re-rotate cached keys with"
+    return rotary_reason(rotary_emb)
+
+
 def runner_for(model, *, merge_adapters: bool = False, fuse_projections: bool = False):
     """The paged runner of a Hugging Face causal LM (the inner model of a PEFT wrapper);
     ``merge_adapters``: its LoRA projections keep a merged copy (steer.engine.projection);

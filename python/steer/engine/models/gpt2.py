@@ -34,6 +34,7 @@ class GPT2Runner:
         self.num_heads = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
+        self.key_rotation = None  # learned absolute positions: cached keys cannot be moved (per-example KV)
         self.kv_shape = KVShape(config.n_layer, self.num_heads, self.head_dim)
         read = ProjectionReader(model, merge_adapters=merge_adapters)
         self.layers = [

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from steer.engine.kv_cache import KVShape
+from steer.engine.models.rotary import key_rotation
 from steer.engine.projection import ProjectionReader, is_lora_layer
 
 MODEL_TYPES = ("qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3")
@@ -115,6 +116,13 @@ class HFLayersRunner:
         read.check_all_adapters_covered()
         self.has_adapters = read.has_adapters
         self.logit_soft_cap = getattr(config, "final_logit_softcapping", None) or None
+        # moves cached keys to another position (per-example KV): Gemma 3 rotates by layer type,
+        # SmolLM3's NoPE layers not at all
+        layer_types = config.layer_types if config.model_type == "gemma3_text" else None
+        no_rope = getattr(config, "no_rope_layers", None) if config.model_type == "smollm3" else None
+        self.key_rotation = key_rotation(
+            getattr(self.decoder, "rotary_emb", None), config.num_hidden_layers, layer_types, no_rope
+        )
 
     @torch.no_grad()
     def last_hidden(self, attention, batch, adapter_rows: int = 0) -> torch.Tensor:

@@ -14,15 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from steer.engine.kv_cache import KVShape
+from steer.engine.models.rotary import key_rotation, rotate_half
 from steer.engine.projection import Projection, ProjectionReader
 from steer.model_info import sliding_windows
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
 
 
 def project(parts: tuple[Projection, ...], x: torch.Tensor, adapter_tokens, sizes: list[int]) -> list[torch.Tensor]:
@@ -86,6 +82,8 @@ class LlamaFamilyRunner:
         read.check_all_adapters_covered()
         self.has_adapters = read.has_adapters
         self.logit_soft_cap = None  # no final logit soft cap in this family
+        # moves cached keys to another position (per-example KV); None where it cannot
+        self.key_rotation = key_rotation(self.decoder.rotary_emb, config.num_hidden_layers)
 
     def _attention(self, index: int, layer: LlamaLayer, x, cos, sin, attention, batch, adapter_tokens: int):
         tokens = x.shape[0]
