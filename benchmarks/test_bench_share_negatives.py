@@ -7,8 +7,10 @@ the defaults otherwise, at --batch-size 16, the default, and 32) with the models
 another's prefix cache), timed from planning to the last record written. The contenders run in
 alternating rounds (a shared, noisy host drifts in ~1 s phases): the ratios are medians of each
 round's own ratios. The ratios this is about: K = 1 over K = 16 (target >= 2x) and K = 16 over
-plain sampling (target <= 1.5x, moonshot 1.2x). Also printed: the share of negative-context
-tokens found in the prefix cache, per contender.
+plain sampling (target <= 1.5x, moonshot 1.2x); and --per-example-kv (each example's KV computed
+once and copied into the joined contexts, an approximation) at K = 1 and 16 against the same.
+Also printed: the share of negative-context (and per-example chunk) tokens found in the prefix
+cache, per contender.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ SETTINGS = {
     "K=64": dict(share_negatives=64),
     "separate K=1": dict(negative_mode="separate", share_negatives=1),
     "separate K=16": dict(negative_mode="separate", share_negatives=16),
+    "per-example K=1": dict(per_example_kv=True, share_negatives=1),
+    "per-example K=16": dict(per_example_kv=True, share_negatives=16),
 }
 BATCH_SIZES = (16, 32)
 CONTENDERS = {f"{name} b{batch}": (settings, batch) for batch in BATCH_SIZES for name, settings in SETTINGS.items()}
@@ -60,7 +64,7 @@ def make_run(tmp_path, name: str, settings: dict, batch_size: int, models_cache:
         engine = build_engine(plan, models_cache["models"])
         summary = run_generation(plan, engine)
         return {"seconds": time.perf_counter() - start, "hit": summary.negative_cache_hit, "tokens": summary.tokens,
-                "steps": engine.step_stats.as_dict()}
+                "steps": engine.step_stats.as_dict(), "chunk_hit": summary.chunk_cache_hit}
 
     return once
 
@@ -74,17 +78,19 @@ def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
     for run in runs.values():  # warm-up: first loads, first allocations
         run()
     times = {name: [] for name in runs}
-    hits, tokens, steps = {}, {}, {}
+    hits, tokens, steps, chunk_hits = {}, {}, {}, {}
     for _ in range(ROUNDS):
         for name, run in runs.items():
             result = run()
             times[name].append(result["seconds"])
             hits[name], tokens[name], steps[name] = result["hit"], result["tokens"], result["steps"]
+            chunk_hits[name] = result["chunk_hit"]
     benchmark.pedantic(lambda: None, rounds=1)
     print(f"\nsteer generate --n {N} --max-new-tokens {MAX_NEW} on the demo models, {ROUNDS} alternating rounds "
           "(models loaded once; a fresh engine per run)")  # fmt: skip
     for name, values in times.items():
         hit = "" if hits[name] is None else f"  negative tokens cached: {100 * hits[name]:.0f}%"
+        hit += "" if chunk_hits[name] is None else f", chunk tokens cached: {100 * chunk_hits[name]:.0f}%"
         print(f"  {name:<18} median {statistics.median(values):5.2f} s  {[round(v, 2) for v in values]}  "
               f"{tokens[name]} tokens{hit}")  # fmt: skip
         print("  " + " " * 18 + f" steps: {describe_steps(steps[name])}")
@@ -96,6 +102,10 @@ def test_share_negatives_vs_one_draw_per_sample_and_plain(benchmark, tmp_path):
             f"b{b}: K=1 / plain": paired_ratio(times, f"K=1 b{b}", f"plain b{b}"),
             f"b{b}: K=64 / plain": paired_ratio(times, f"K=64 b{b}", f"plain b{b}"),
             f"b{b}: separate K=1 / separate K=16": paired_ratio(times, f"separate K=1 b{b}", f"separate K=16 b{b}"),
+            f"b{b}: K=1 / per-example K=1": paired_ratio(times, f"K=1 b{b}", f"per-example K=1 b{b}"),
+            f"b{b}: per-example K=1 / plain": paired_ratio(times, f"per-example K=1 b{b}", f"plain b{b}"),
+            f"b{b}: K=1 / per-example K=16": paired_ratio(times, f"K=1 b{b}", f"per-example K=16 b{b}"),
+            f"b{b}: per-example K=16 / plain": paired_ratio(times, f"per-example K=16 b{b}", f"plain b{b}"),
         })  # fmt: skip
     for label, value in ratios.items():
         print(f"  [share-negatives] {label}: {value:.2f}x")

@@ -22,8 +22,9 @@ Experiments (``--experiment``), each a list of methods:
         STEER (eta 0.6)     gamma = 0.2, eta = 0.6, 10 negatives (the authors' later settings)
     eos (eos.md): STEER at eta 0.2, 0.4, 0.6 with and without --eos-exempt, beside plain and
         contrastive-only sampling: how many samples end by EOS, and what the exemption costs.
-    share (share.md): STEER (defaults) with --share-negatives 1, 4, 16, 64, and in separate mode
-        with 1 and 16, beside plain sampling: generation time, prefix-cache hits and metrics.
+    share (share.md): STEER (defaults) with --share-negatives 1, 4, 16, 64, in separate mode
+        with 1 and 16, and with --per-example-kv at 1 and 16, beside plain sampling: generation
+        time, prefix-cache hits and metrics.
 
 Domains:
 
@@ -88,6 +89,8 @@ EOS_METHODS = (PLAIN, CONTRASTIVE) + tuple(
 SHARE_METHODS = (PLAIN,) + tuple(
     Method(f"STEER K={k}" + (" separate" if mode == "separate" else ""), dict(gamma=0.2, eta=0.2, share_negatives=k, negative_mode=mode))
     for mode, ks in (("concat", (1, 4, 16, 64)), ("separate", (1, 16))) for k in ks
+) + tuple(
+    Method(f"STEER K={k} per-example KV", dict(gamma=0.2, eta=0.2, share_negatives=k, per_example_kv=True)) for k in (1, 16)
 )  # fmt: skip
 
 
@@ -216,7 +219,7 @@ def run_domain(domain: Domain, args, workdir: Path, embed, methods=METHODS) -> d
             row = {"method": method.name, "seed": seed, **method.settings, **summary_row(metrics),
                    "mean_words": metrics["synthetic"]["mean_tokens"],
                    "eos_fraction": _eos_fraction(path), "seconds": summary.seconds, "samples": summary.written,
-                   "negative_cache_hit": summary.negative_cache_hit,
+                   "negative_cache_hit": summary.negative_cache_hit, "chunk_cache_hit": summary.chunk_cache_hit,
                    "examples": texts[:3]}
             runs.append(row)
             log(f"  {method.name:<18} seed {seed}: 3-grams {row['normalised_3grams']:.3f}, diversity {row['diversity']:.3f}, "
@@ -225,7 +228,7 @@ def run_domain(domain: Domain, args, workdir: Path, embed, methods=METHODS) -> d
     for method in methods:
         mine = [r for r in runs if r["method"] == method.name]
         entry = {"method": method.name, **method.settings}
-        for key in (*METRICS, "mean_words", "eos_fraction", "seconds", "negative_cache_hit"):
+        for key in (*METRICS, "mean_words", "eos_fraction", "seconds", "negative_cache_hit", "chunk_cache_hit"):
             entry[key], entry[key + "_spread"] = mean_and_spread([r.get(key) for r in mine])
         summary.append(entry)
     return {"domain": domain.name, "description": domain.description, "real_texts": len(domain.real_texts),
@@ -244,7 +247,7 @@ def _cell(entry: dict, key: str) -> str:
     value, spread = entry.get(key), entry.get(key + "_spread")
     if value is None:
         return "-"
-    if key in ("copies_of_real", "eos_fraction", "negative_cache_hit"):
+    if key in ("copies_of_real", "eos_fraction", "negative_cache_hit", "chunk_cache_hit"):
         return f"{100 * value:.1f}%"
     if key == "mean_words":
         return f"{value:.1f}"
@@ -271,7 +274,8 @@ def domain_table(result: dict, experiment: str = "baselines") -> str:
         columns[2:2] = [("vendi_score", "Vendi ↑"), ("self_bleu", "Self-BLEU ↓"), ("compression_ratio", "compression ↓"),
                         ("self_repetition", "self-rep. ↓")]  # fmt: skip
     if experiment == "share":
-        columns += [("seconds", "generation"), ("negative_cache_hit", "negative tokens cached")]
+        columns += [("seconds", "generation"), ("negative_cache_hit", "negative tokens cached"),
+                    ("chunk_cache_hit", "example chunks cached")]
     lines = ["| method | γ | η | " + " | ".join(title for _, title in columns) + " |",
              "|---|---:|---:|" + "---:|" * len(columns)]
     real = result["real"]
@@ -313,7 +317,18 @@ def share_verdict(result: dict) -> str:
     return (f"Generation time (mean of the seeds' runs): K=1 {one['seconds']:.1f} s, K=16 {sixteen['seconds']:.1f} s "
             f"({one['seconds'] / sixteen['seconds']:.2f}x faster), plain {plain['seconds']:.1f} s (K=16 is "
             f"{sixteen['seconds'] / plain['seconds']:.2f}x plain). Diversity: normalised 3-grams {one['normalised_3grams']:.3f} "
-            f"(K=1) vs {sixteen['normalised_3grams']:.3f} (K=16), embedding diversity {one['diversity']:.3f} vs {sixteen['diversity']:.3f}.")
+            f"(K=1) vs {sixteen['normalised_3grams']:.3f} (K=16), embedding diversity {one['diversity']:.3f} vs {sixteen['diversity']:.3f}."
+            + _per_example_verdict(by_name, one))
+
+
+def _per_example_verdict(by_name: dict, one: dict) -> str:
+    """--per-example-kv at K = 1 against the exact K = 1 (results of an older run lack it)."""
+    approx = by_name.get("STEER K=1 per-example KV")
+    if approx is None:
+        return ""
+    return (f" Per-example KV at K=1: {approx['seconds']:.1f} s ({one['seconds'] / approx['seconds']:.2f}x faster than K=1), "
+            f"normalised 3-grams {approx['normalised_3grams']:.3f}, embedding diversity {approx['diversity']:.3f}, "
+            f"{100 * (approx.get('chunk_cache_hit') or 0):.0f}% of the example chunks' tokens cached.")
 
 
 def verdict(result: dict, experiment: str = "baselines") -> str:

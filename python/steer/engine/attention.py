@@ -1,5 +1,6 @@
-"""The engine's attention: write a step's new K and V into the paged pool, then attend every
-row's queries over its keys in place (steer.ops.attention: C++ on the CPU, Triton on a GPU).
+"""The engine's attention: write a step's new K and V into the paged pool (and copy the chunks of
+joined negative contexts, steer.engine.chunks), then attend every row's queries over its keys in
+place (steer.ops.attention: C++ on the CPU, Triton on a GPU).
 
 The one place the model files reach a kernel; the backend is resolved once, when the engine is
 built, not per layer and step.
@@ -35,6 +36,8 @@ class PagedAttention:
         k_layer, v_layer = self.cache.k[layer], self.cache.v[layer]
         k_layer[batch.write_slots] = k.to(k_layer.dtype)
         v_layer[batch.write_slots] = v.to(v_layer.dtype)
+        if batch.copies is not None:  # per-example KV: chunks into joined contexts, before anyone attends
+            batch.copies.apply(layer, k_layer, v_layer)
         if q.dtype != k_layer.dtype:
             q = q.to(k_layer.dtype)
         return paged_attention(

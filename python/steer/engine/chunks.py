@@ -7,58 +7,64 @@ alone, at positions 0.., kept in the paged pool like any cached prefix (a ``whol
 under the model's chunk namespace), and copied into each context that draws it, its keys rotated
 from position p to p + the chunk's offset (steer.engine.models.rotary), its values as they are.
 
-A step that admits joined streams first runs one forward of the chunks nobody has cached (the
-scheduler gave each a table of its own), then copies every chunk into its streams' slots, and
-only then runs the step's forward, in which the tokens after the chunks attend to all of them.
-No chunk attends to another: that is the approximation, exactly the joined stream under a block
-mask (steer.hf.uncached computes it so, for the tests).
+No extra forward: the chunks nobody has cached yet are rows of the step's own expert forward
+(their hidden states are dropped), and in every layer, once the step's new keys and values are
+written, the copies run (``ChunkCopies.apply``) before any query attends. A layer's chunk KV
+depends only on the chunk's tokens in the layer below, so it is complete by then, and the tokens
+after the chunks attend to all of them. No chunk attends to another: that is the approximation,
+exactly the joined stream under a block mask (steer.hf.uncached computes it so, for the tests).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from steer.engine.step_batch import StepBatch
+from steer.engine.models.rotary import rotate
 
 
 def joined_streams(groups) -> list:
-    """The streams of the step that copy chunks in before its forward."""
+    """The streams of the step that copy chunks in."""
     return [s for g in groups for s in g.streams if s.chunk_streams]
 
 
-def compute_chunks(streams, runner, attention, block_size: int, device, adapters: bool) -> None:
-    """One forward over the chunks of ``streams`` whose KV is not cached yet (two streams asking
-    for one chunk share its table: the second found the first's blocks). ``adapters``: the
-    runner's LoRA adapters apply to them (the chunks are the expert's)."""
-    pending = [chunk for s in streams for _, chunk in s.chunk_streams if chunk.num_new > 0]
-    if not pending:
-        return
-    batch = StepBatch.build(pending, block_size, device)
-    runner.last_hidden(attention, batch, adapter_rows=len(pending) if adapters else 0)
-    for chunk in pending:
-        chunk.num_computed = len(chunk.tokens)
+def chunks_to_compute(joined) -> list:
+    """The chunk streams of the step whose KV is not cached yet: rows of its expert forward. Two
+    streams asking for one chunk share its blocks (the second found the first's), and only the
+    first computes it."""
+    return [chunk for s in joined for _, chunk in s.chunk_streams if chunk.num_new > 0]
 
 
-def copy_chunks(streams, key_rotation, cache, device) -> None:
-    """Copy each stream's chunks into its ``copy_range`` of positions, every layer's keys moved
-    to the chunk's offset."""
+@dataclass(frozen=True)
+class ChunkCopies:
+    """One step's copies, the same in every layer: slot ``source[i]`` to slot ``target[i]``, the
+    key rotated by layer l's ``rotations[l]`` (cos, sin; None: copied as it is)."""
+
+    source: torch.Tensor  # int64 [C]
+    target: torch.Tensor  # int64 [C]
+    rotations: list
+
+    def apply(self, layer: int, k_layer: torch.Tensor, v_layer: torch.Tensor) -> None:
+        keys, rotation = k_layer[self.source], self.rotations[layer]
+        k_layer[self.target] = keys if rotation is None else rotate(keys, *rotation)
+        v_layer[self.target] = v_layer[self.source]
+
+
+def chunk_copies(joined, key_rotation, block_size: int, device) -> ChunkCopies | None:
+    """The copies of each joined stream's chunks into its ``copy_range`` of positions (None: none)."""
     sources, targets, offsets = [], [], []
-    size = cache.block_size
-    for stream in streams:
+    for stream in joined:
         start, end = stream.copy_range
         blocks = stream.table.block_ids
         for offset, chunk in stream.chunk_streams:
-            first, last = max(start, offset), min(end, offset + len(chunk.tokens))
             own = chunk.table.block_ids
-            for position in range(first, last):
+            for position in range(max(start, offset), min(end, offset + len(chunk.tokens))):
                 local = position - offset
-                sources.append(own[local // size] * size + local % size)
-                targets.append(blocks[position // size] * size + position % size)
+                sources.append(own[local // block_size] * block_size + local % block_size)
+                targets.append(blocks[position // block_size] * block_size + position % block_size)
                 offsets.append(offset)
     if not sources:
-        return
+        return None
     source, target, offset = (torch.tensor(v, dtype=torch.int64).to(device, non_blocking=True) for v in (sources, targets, offsets))
-    for layer in range(cache.k.shape[0]):
-        k_layer, v_layer = cache.k[layer], cache.v[layer]
-        k_layer[target] = key_rotation(layer, k_layer[source], offset)
-        v_layer[target] = v_layer[source]
+    return ChunkCopies(source, target, key_rotation.by(offset))

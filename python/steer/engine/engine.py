@@ -310,7 +310,7 @@ class SteerEngine:
         start, graphed = time.perf_counter(), self.runner.graph_forwards
         try:
             plan = self.scheduler.schedule()
-            tokens_computed, rows = plan.size()
+            tokens_computed, rows, assembles = plan.size()
             tokens = self._sample(plan, self.runner.run(plan))
         except BaseException:
             for group in self.scheduler.release_all(computed=False):
@@ -318,7 +318,7 @@ class SteerEngine:
             raise
         finished = set(map(id, self.scheduler.postprocess(plan, tokens)))
         # every stream computes at least one token: more tokens than rows means some stream prefilled
-        kind = "prefill" if tokens_computed > rows else "graph" if self.runner.graph_forwards > graphed else "decode"
+        kind = "prefill" if tokens_computed > rows or assembles else "graph" if self.runner.graph_forwards > graphed else "decode"
         self.step_stats.add(kind, time.perf_counter() - start, tokens_computed, rows)
         outputs = []
         for group in plan.groups:

@@ -13,10 +13,12 @@ logits under weight 0), picked by the gather that builds the LM head's input row
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from steer.engine.attention import PagedAttention
-from steer.engine.chunks import compute_chunks, copy_chunks, joined_streams
+from steer.engine.chunks import chunk_copies, chunks_to_compute, joined_streams
 from steer.engine.scheduler import StepPlan
 from steer.engine.step_batch import StepBatch
 
@@ -40,9 +42,6 @@ class ModelRunner:
         groups = plan.groups
         k_expert, k_base = expert_slots(groups), int(any(g.has_base for g in groups))
         vocab = min(self.lm_head_rows)
-        joined = joined_streams(groups)
-        if joined:  # per-example KV: the chunks' forward and copies come before the step's forward
-            self._assemble(joined)
         hidden_of, dtype = self._forward_all(groups)
         dtype = dtype if dtype in SAMPLER_DTYPES else torch.float32  # float64 models (tests) sample in float32
         buffer = torch.empty((k_expert + k_base, len(groups), vocab), dtype=dtype, device=self.device)
@@ -66,32 +65,37 @@ class ModelRunner:
                 out.div_(cap).tanh_().mul_(cap)
         return buffer.permute(1, 0, 2)
 
-    def _assemble(self, joined) -> None:
-        """Write the chunks of the step's joined negative streams into their slots (steer.engine.chunks)."""
-        runner, namespaces = next((r, n) for r, n in self.passes if "expert" in n)
-        compute_chunks(joined, runner, self.attention, self.block_size, self.device, adapters=namespaces[0] == "expert")
-        copy_chunks(joined, runner.key_rotation, self.attention.cache, self.device)
-
     def _forward_all(self, groups):
         """Per pass, (the last hidden states of its rows, {(group index, namespace, stream index
-        within the namespace): row}), and the hidden states' dtype."""
+        within the namespace): row}), and the hidden states' dtype.
+
+        Joined negative streams (per-example KV) add the chunks they need computed as rows of the
+        expert's pass, right after its expert rows (so its LoRA adapters apply to them; their
+        hidden states are dropped), and the copies of their chunks to its batch."""
+        joined = joined_streams(groups)
         results, dtype = [], None
         for runner, namespaces in self.passes:
-            streams, rows_of = [], {}
+            streams, rows_of, copies = [], {}, None
             for namespace in namespaces:
                 for g_index, group in enumerate(groups):
                     for s_index, stream in enumerate(s for s in group.streams if s.namespace == namespace):
                         rows_of[(g_index, namespace, s_index)] = len(streams)
                         streams.append(stream)
-            adapter_rows = sum(1 for key in rows_of if key[1] == namespaces[0])
+                if namespace == "expert" and joined:
+                    streams += chunks_to_compute(joined)
+                    copies = chunk_copies(joined, runner.key_rotation, self.block_size, self.device)
+                if namespace == namespaces[0]:
+                    adapter_rows = len(streams)
             if not streams:
                 results.append((None, rows_of))
                 continue
-            if self.decode_graphs is not None and self.decode_graphs.applies(streams):
+            if self.decode_graphs is not None and copies is None and self.decode_graphs.applies(streams):
                 hidden = self.decode_graphs.last_hidden(len(results), runner, self.attention, streams, adapter_rows)
                 self.graph_forwards += 1
             else:
                 batch = StepBatch.build(streams, self.block_size, self.device)
+                if copies is not None:
+                    batch = dataclasses.replace(batch, copies=copies)
                 hidden = runner.last_hidden(self.attention, batch, adapter_rows=adapter_rows)
             dtype = hidden.dtype
             results.append((hidden, rows_of))

@@ -51,7 +51,8 @@ class PrefixCacheStats:
 @dataclass
 class StepStats:
     """Engine steps since the engine was made, by kind: "prefill" (some stream computes more than
-    one token: a prefill, or the suffix after a prefix hit, mixed with the decoding rows),
+    one token: a prefill, or the suffix after a prefix hit, mixed with the decoding rows; or a
+    joined negative context is assembled from per-example chunks),
     "decode" (one token per stream, eager) and "graph" (a decode step replayed from CUDA graphs,
     or run as their static batch with decode_graphs="static"); per kind the steps, the wall time
     of step() (it ends when the tokens are read back, so on a GPU it includes the device's
@@ -90,10 +91,14 @@ class StepPlan:
         """The most tokens any stream computes (1: a decode-only step)."""
         return max(s.num_new for g in self.groups for s in g.streams)
 
-    def size(self) -> tuple[int, int]:
-        """(tokens computed, rows): over every stream of every group."""
+    def size(self) -> tuple[int, int, bool]:
+        """(tokens computed, rows, assembles): over every stream of every group, the chunks a
+        joined stream has computed before the forward included; ``assembles``: some stream
+        copies chunks in (SteerConfig.per_example_kv)."""
         streams = [s for g in self.groups for s in g.streams]
-        return sum(s.num_new for s in streams), len(streams)
+        chunks = [chunk for s in streams for _, chunk in s.chunk_streams]
+        tokens = sum(s.num_new for s in streams) + sum(c.num_new for c in chunks)
+        return tokens, len(streams), any(s.chunk_streams for s in streams)
 
 
 class Scheduler:

@@ -31,6 +31,7 @@ class StepBatch:
     block_tables: torch.Tensor  # int32 [R, max blocks] each row's block ids (padding: 0, never read)
     row_ends: tuple[int, ...]  # host copy of query_starts[1:]
     max_query_length: int  # the most new tokens of a row (1: decode only)
+    copies: object = None  # steer.engine.chunks.ChunkCopies: run in each layer after its writes
 
     @property
     def num_rows(self) -> int:

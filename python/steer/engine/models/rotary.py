@@ -38,18 +38,29 @@ def unsupported_reason(rotary_emb) -> str | None:
     return None
 
 
-def rerotate(keys: torch.Tensor, offsets: torch.Tensor, rotary_emb, layer_type: str | None = None) -> torch.Tensor:
-    """keys [T, H, D] (each rotated at some position p) -> rotated at p + offsets[t], in keys' dtype.
-    A partial rotary (Phi-3) rotates only the leading dimensions its cos and sin cover."""
-    work = keys.float()
-    args = (work, offsets.long().unsqueeze(0)) + ((layer_type,) if layer_type is not None else ())
+def rotation_by(offsets: torch.Tensor, rotary_emb, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [T, 1, d] of R(offsets[t]) in float32, without the module's attention factor."""
+    like = torch.empty(0, device=offsets.device)
+    args = (like, offsets.long().unsqueeze(0)) + ((layer_type,) if layer_type is not None else ())
     cos, sin = rotary_emb(*args)
     name = f"{layer_type}_attention_scaling" if layer_type is not None else "attention_scaling"
     scale = float(getattr(rotary_emb, name, 1.0) or 1.0)
-    cos, sin = (cos[0].float() / scale).unsqueeze(1), (sin[0].float() / scale).unsqueeze(1)  # [T, 1, d]
-    width = cos.shape[-1]
+    return (cos[0].float() / scale).unsqueeze(1), (sin[0].float() / scale).unsqueeze(1)
+
+
+def rotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """keys [T, H, D] rotated by (cos, sin) of ``rotation_by``, in keys' dtype. A partial rotary
+    (Phi-3) rotates only the leading dimensions its cos and sin cover."""
+    work, width = keys.float(), cos.shape[-1]
     turned = work[..., :width] * cos + rotate_half(work[..., :width]) * sin
-    return torch.cat((turned, work[..., width:]), dim=-1).to(keys.dtype)
+    if width < work.shape[-1]:
+        turned = torch.cat((turned, work[..., width:]), dim=-1)
+    return turned.to(keys.dtype)
+
+
+def rerotate(keys: torch.Tensor, offsets: torch.Tensor, rotary_emb, layer_type: str | None = None) -> torch.Tensor:
+    """keys [T, H, D] (each rotated at some position p) -> rotated at p + offsets[t]."""
+    return rotate(keys, *rotation_by(offsets, rotary_emb, layer_type))
 
 
 class KeyRotation:
@@ -59,12 +70,21 @@ class KeyRotation:
     def __init__(self, layers: list[tuple | None]) -> None:
         self.layers = layers
 
-    def __call__(self, layer: int, keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        entry = self.layers[layer]
-        if entry is None:
-            return keys
-        rotary_emb, layer_type = entry
-        return rerotate(keys, offsets, rotary_emb, layer_type)
+    def by(self, offsets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per layer, the (cos, sin) that move keys by ``offsets`` (None: not moved), each distinct
+        rotation computed once (every layer of most models shares one)."""
+        tables: dict = {}
+        rotations = []
+        for entry in self.layers:
+            if entry is None:
+                rotations.append(None)
+                continue
+            rotary_emb, layer_type = entry
+            key = (id(rotary_emb), layer_type)
+            if key not in tables:
+                tables[key] = rotation_by(offsets, rotary_emb, layer_type)
+            rotations.append(tables[key])
+        return rotations
 
 
 def key_rotation(rotary_emb, num_layers: int, layer_types=None, no_rope_layers=None) -> KeyRotation | None:
