@@ -70,9 +70,9 @@ def test_the_records_hold_every_section(dry_run):
     engine = [r for r in records if r["kind"] == "engine" and "batch" in r]
     assert engine and all(r.get("steer_over_single_time") for r in engine)
     share = [r for r in records if r["kind"] == "share" and "batch" in r]
-    assert share and all(r.get("k1_over_k16") and r.get("k16_over_plain") for r in share)
+    assert share and all(r.get("k1_over_k16") and r.get("k16_over_plain") and r.get("k1_over_per_example") for r in share)
     assert all(r["negative_cache_hit"]["K=16"] > r["negative_cache_hit"]["K=1"] for r in share)
     for record in share:  # where each contender's time went, by kind of step (the CPU has no graphs)
-        assert set(record["steps"]) == {"plain", "K=1", "K=16"}
+        assert set(record["steps"]) == {"plain", "K=1", "K=16", "per-example K=1"}
         assert all(set(kinds) <= {"prefill", "decode"} and kinds["decode"]["steps"] > 0 for kinds in record["steps"].values())
         assert record["steps"]["K=1"]["prefill"]["tokens"] > record["steps"]["K=16"]["prefill"]["tokens"]

@@ -351,7 +351,8 @@ def section_engine(records: list[dict]) -> list[str]:
 def share_headline(records: list[dict]) -> list[str]:
     rows = [r for r in records if r.get("kind") == "share" and "batch" in r and r.get("seconds")]
     return [f"batch {r['batch']}: K=1/K=16 {f(r.get('k1_over_k16'), '.2f')}x (target >= 2), "
-            f"K=16/plain {f(r.get('k16_over_plain'), '.2f')}x (target <= 1.5)" for r in rows]
+            f"K=16/plain {f(r.get('k16_over_plain'), '.2f')}x (target <= 1.5), "
+            f"K=1/per-example K=1 {f(r.get('k1_over_per_example'), '.2f')}x" for r in rows]
 
 
 def section_share(records: list[dict]) -> list[str]:
@@ -364,16 +365,21 @@ def section_share(records: list[dict]) -> list[str]:
         lines.append(f"- `steer generate --n {setup['samples']} --max-new-tokens {setup['max_new_tokens']}` on the demo models "
                      "(defaults: gamma = eta = 0.2, 5 negatives in one stream); plain = gamma = eta = 0; models loaded once, "
                      "a fresh engine per run; ratios are medians of each round's own ratio")
-    lines += ["", "| batch | plain s | K=1 s | K=16 s | K=1 / K=16 (>= 2x) | K=16 / plain (<= 1.5x) | K=1 / plain | "
-              "negative tokens cached (K=1 / K=16) | timed rounds | errors |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| batch | plain s | K=1 s | K=16 s | per-example K=1 s | K=1 / K=16 (>= 2x) | K=16 / plain (<= 1.5x) | "
+              "K=1 / plain | K=1 / per-example K=1 | per-example K=1 / plain | negative tokens cached (K=1 / K=16) | "
+              "per-example chunks cached | timed rounds | errors |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         seconds, hits = r.get("seconds") or {}, r.get("negative_cache_hit") or {}
         errors = "; ".join(f"{k}: {v}" for k, v in (r.get("errors") or {}).items()) or r.get("error", "")
         cached = "/".join(pct(hits.get(c), 1.0) if hits.get(c) is not None else "-" for c in ("K=1", "K=16"))
+        chunk = (r.get("chunk_cache_hit") or {}).get("per-example K=1")
         lines.append(f"| {r['batch']} | {f(seconds.get('plain'), '.2f')} | {f(seconds.get('K=1'), '.2f')} | "
-                     f"{f(seconds.get('K=16'), '.2f')} | {f(r.get('k1_over_k16'), '.2f')} | {f(r.get('k16_over_plain'), '.2f')} | "
-                     f"{f(r.get('k1_over_plain'), '.2f')} | {cached} | {r.get('rounds', '-')} | {md_escape(errors)[:300]} |")
+                     f"{f(seconds.get('K=16'), '.2f')} | {f(seconds.get('per-example K=1'), '.2f')} | "
+                     f"{f(r.get('k1_over_k16'), '.2f')} | {f(r.get('k16_over_plain'), '.2f')} | "
+                     f"{f(r.get('k1_over_plain'), '.2f')} | {f(r.get('k1_over_per_example'), '.2f')} | "
+                     f"{f(r.get('per_example_over_plain'), '.2f')} | {cached} | {pct(chunk, 1.0) if chunk is not None else '-'} | "
+                     f"{r.get('rounds', '-')} | {md_escape(errors)[:300]} |")
     steps = [(r["batch"], label, kinds) for r in rows for label, kinds in (r.get("steps") or {}).items()]
     if steps:
         lines += ["", "Where the time goes (the last round's engine steps, by kind: count x milliseconds a step, tokens computed):", "",

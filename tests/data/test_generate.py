@@ -217,3 +217,24 @@ def test_bad_scale_out_options_are_refused(models, tmp_path, capsys, option, val
     extra = [option, value] if option == "--workers" else ["--workers", "1", option, value]
     assert generate(models, tmp_path / "o.jsonl", "--n", "2", *extra) == 2
     assert option in capsys.readouterr().err
+
+
+def test_per_example_kv_is_a_setting_of_the_run(models, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    assert generate(models, out, "--n", "6", "--per-example-kv", "--num-negatives", "3") == 0
+    assert all(r["per_example_kv"] is True and len(r["negative_ids"]) == 3 for r in records(out))
+    assert "per-example KV:" in capsys.readouterr().out  # the chunks' hit rate
+    assert generate(models, out, "--n", "8", "--resume", "--num-negatives", "3") == 2
+    assert "per_example_kv: file True vs now False" in capsys.readouterr().err
+    assert generate(models, out, "--n", "8", "--resume", "--num-negatives", "3", "--per-example-kv") == 0
+    assert len(records(out)) == 8
+    assert generate(models, tmp_path / "separate.jsonl", "--n", "2", "--per-example-kv", "--negative-mode", "separate") == 2
+    assert "--per-example-kv: per_example_kv applies to negative_mode 'concat'" in capsys.readouterr().err
+
+
+def test_per_example_kv_needs_the_engine(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("steer.engine.models.unsupported_reason", lambda *_: "forced for the test")
+    out = tmp_path / "out.jsonl"
+    assert generate(models, out, "--n", "2", "--per-example-kv") == 2
+    assert "--per-example-kv: forced for the test" in capsys.readouterr().err
+    assert not out.exists() or not records(out)

@@ -98,3 +98,19 @@ def test_a_rolled_back_allocation_leaves_no_cached_prefix_behind():
     table = manager.allocate("expert", [1, 2, 3, 4])
     manager.free(table, computed=False)
     assert manager.allocate("expert", [1, 2, 3, 4]).num_cached_tokens == 0
+
+
+def test_a_whole_allocation_caches_its_partial_last_block_for_whole_allocations_only():
+    manager = BlockManager(num_blocks=20, block_size=4)
+    chunk = list(range(10))  # two full blocks and a partial one
+    table = manager.allocate("expert:chunk", chunk, whole=True)
+    first = list(table.block_ids)
+    manager.free(table)  # its blocks stay findable, the partial one included
+    again = manager.allocate("expert:chunk", chunk, whole=True)
+    assert again.block_ids == first and again.num_cached_tokens == 10  # not 12: capped at the tokens
+    assert manager.cached_prefix_tokens("expert:chunk", chunk, whole=True) == 10
+    plain = manager.allocate("expert:chunk", chunk)  # a growing stream never takes a partial block it would append to
+    assert plain.num_cached_tokens == 8 and plain.block_ids[:2] == first[:2] and plain.block_ids[2] != first[2]
+    longer = manager.allocate("expert:chunk", chunk + [99], whole=True)  # other tokens in the last block: its own
+    assert longer.num_cached_tokens == 8 and longer.block_ids[2] not in (first[2], plain.block_ids[2])
+    assert manager.new_blocks_needed("expert:chunk", chunk, whole=True) == 0

@@ -143,6 +143,10 @@ def test_the_chunks_partition_the_joined_context():
     assert joined(other, [4, 4]) == frame_examples(examples, "concat", [1], [3], [4, 4])[0]
     pool = NegativePool(examples, prefix=PROMPT, separator=SEPARATOR, suffix=SEPARATOR)
     assert pool.negative_chunks([2, 0]) == [chunks[2], chunks[0]]
+    bare = example_chunks(examples, [], [EOS], [EOS])  # no prefix: nothing would follow the last end
+    assert bare == [[7, 8, EOS], [9, EOS], [10, 11, 12]]
+    stream = frame_examples(examples, "concat", [], [EOS], [EOS])[0]
+    assert Request(PROMPT, [stream], negative_chunks=[bare]).negative_chunks == [bare]
 
 
 @pytest.mark.parametrize("rope", [
@@ -203,3 +207,32 @@ def test_bad_chunks_and_settings_are_named():
         SteerConfig(per_example_kv=True, negative_mode="separate")
     with pytest.raises(ValueError, match="per_example_kv must be a bool"):
         SteerConfig(per_example_kv="yes")
+
+
+def test_static_decode_batches_give_the_eager_tokens():
+    """The CUDA graphs' padded static batches (their decode steps) beside assembling steps."""
+    expert, base = expert_and_base("llama")
+    config = SteerConfig(gamma=0.5, eta=0.6, num_negatives=3, temperature=0.0, max_new_tokens=NEW, seed=3, per_example_kv=True)
+    outputs = []
+    for graphs in ("off", "static"):
+        engine = SteerEngine(expert, base, config=config, block_size=4, max_batch_rows=12, decode_graphs=graphs)
+        pool = NegativePool([list(e) for e in EXAMPLES], seed=1, prefix=PROMPT, separator=SEPARATOR, suffix=SEPARATOR)
+        outputs.append(list(engine.run(PROMPT, 8, pool, eos_token_id=EOS)))
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_triton_attention_and_captured_graphs_give_the_eager_tokens_in_a_nan_pool():
+    models = [m.to(device="cuda", dtype=torch.float32) for m in expert_and_base("llama")]
+    config = SteerConfig(gamma=0.5, eta=0.6, num_negatives=3, temperature=0.0, max_new_tokens=NEW, seed=3, per_example_kv=True)
+    outputs = []
+    for graphs, fill in (("off", 0.0), ("capture", float("nan"))):
+        engine = SteerEngine(*models, config=config, block_size=4, max_batch_rows=12, decode_graphs=graphs)
+        assert engine.runner.attention.backend == "triton"
+        engine.runner.attention.cache.k.fill_(fill)
+        engine.runner.attention.cache.v.fill_(fill)
+        pool = NegativePool([list(e) for e in EXAMPLES], seed=1, prefix=PROMPT, separator=SEPARATOR, suffix=SEPARATOR)
+        outputs.append(list(engine.run(PROMPT, 8, pool, eos_token_id=EOS)))
+        assert engine.prefix_cache_stats.cached_tokens["chunk"] > 0
+    assert engine.runner.graph_forwards > 0
+    assert outputs[1] == outputs[0]

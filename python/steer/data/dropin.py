@@ -55,6 +55,8 @@ class DropInGenerator:
 
     def __init__(self, expert, base=None, *, config: SteerConfig, device=None, dtype=None, batch_size: int = 16,
                  vocab_size: int | None = None, backend: str = "auto") -> None:
+        if config.per_example_kv:  # assembling contexts from cached KV needs the engine's paged pool
+            raise ValueError("per_example_kv runs on the steer engine; the drop-in path computes every negative context exactly")
         for model in (expert, base):
             if model is not None and (device is not None or dtype is not None):
                 model.to(device=device, dtype=dtype)

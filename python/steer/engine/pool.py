@@ -87,14 +87,20 @@ def example_chunks(examples, prefix, separator, suffix) -> list[list[int]]:
     With the usual framing (separator = suffix = an example's end, then the prefix that begins the
     next one) chunk i is prefix + example_i + end: each example with its own beginning and end, as
     the model saw it in training, and the rest is the last prefix. With any other framing, chunk 1
-    is prefix + example_1 and chunk i is separator + example_i; the rest is the suffix.
+    is prefix + example_1 and chunk i is separator + example_i; the rest is the suffix. Where the
+    rest would be empty, the last chunk leaves its last token to it (a stream's last context token
+    runs in the step's forward, for its logits).
     """
     prefix, separator, suffix = list(prefix), list(separator), list(suffix)
     begins_next = len(separator) >= len(prefix) and separator[len(separator) - len(prefix) :] == prefix
     if separator == suffix and begins_next:
         end = separator[: len(separator) - len(prefix)]
-        return [prefix + list(example) + end for example in examples]
-    return [(prefix if i == 0 else separator) + list(example) for i, example in enumerate(examples)]
+        chunks, rest = [prefix + list(example) + end for example in examples], prefix
+    else:
+        chunks, rest = [(prefix if i == 0 else separator) + list(example) for i, example in enumerate(examples)], suffix
+    if not rest:  # the context's last token runs in the step's forward, for its logits
+        chunks[-1] = chunks[-1][:-1]
+    return [chunk for chunk in chunks if chunk]
 
 
 def example_separator(prompt_ids: Sequence[int], eos_token_id: int | None, newline_ids: Sequence[int]) -> list[int]:
