@@ -116,6 +116,8 @@ class SteerConfig:
         draws. An approximation: no example attends to the ones before it in the joined context
         (the generated tokens still attend to all of them). Needs rotary positions (not GPT-2's);
         docs/design.md says how close it measured. Off by default (the paper's exact context).
+        It applies to the negatives the engine draws itself (``SteerEngine.run``, steer
+        generate); a request of the step API says its own chunks (``Request.negative_chunks``).
     max_new_tokens: generation length limit per sample.
     seed: base seed for reproducible sampling (None: nondeterministic).
     """

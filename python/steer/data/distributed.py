@@ -140,7 +140,7 @@ def _drive(ray, plan, run, workers: int, threads: int | None, gpus: float) -> di
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError):
             finished, missing = [], list(held[worker])
         lose(worker, missing)
-        run.prepare([tokens for index, tokens, _ in finished if index in held[worker]])
+        run.prepare([(tokens, reason) for index, tokens, reason in finished if index in held[worker]])
         for index, tokens, reason in finished:
             attempt = held[worker].pop(index, None)
             if attempt is not None:

@@ -498,6 +498,11 @@ def _too_many_attempts(summary: GenerationSummary) -> DataError:
     )
 
 
+def _pool_tokens(token_ids: list[int], finish_reason: str) -> list[int]:
+    """What of a finished sample joins the pool: its tokens, less the EOS that ended it."""
+    return token_ids[:-1] if finish_reason == "eos" else token_ids
+
+
 class RoundRun:
     """One run's attempts through steer.data.rounds, whoever decodes them: ``next_attempts`` and
     ``request_of`` give the engine requests to start, ``finished`` takes a decoded attempt and
@@ -516,6 +521,7 @@ class RoundRun:
         self.labels = [f"real:{i}" for i in range(len(plan.real_token_ids))] + [f"synthetic:{r['id']}" for r in ordered]
         self.next_id = max((r["id"] for r in existing), default=-1) + 1
         self.results: dict[int, tuple[list[int], str]] = {}
+        self._decoded: dict[tuple, str] = {}  # pool tokens -> text, decoded by prepare for the gate
         threshold = plan.request.novelty_threshold
         self.gate = None
         if threshold is not None:
@@ -552,17 +558,23 @@ class RoundRun:
         return Request(plan.prompt_ids, negatives, config.max_new_tokens, eos_token_id=plan.eos_token_id, seed=attempt.seed,
                        negative_chunks=chunks)  # fmt: skip
 
-    def prepare(self, token_lists) -> None:
-        """Attempts that finished together: their texts embedded in one batch for the novelty gate."""
+    def prepare(self, finished) -> None:
+        """Attempts that finished together, (token ids, finish reason) each: their texts embedded
+        in one batch for the novelty gate, and kept for its verdict (decoded once)."""
         if self.gate is not None:
-            self.gate.prepare([self._text(tokens) for tokens in token_lists])
+            texts = []
+            for token_ids, reason in finished:
+                text = self._text(token_ids)
+                self._decoded[tuple(_pool_tokens(token_ids, reason))] = text
+                texts.append(text)
+            self.gate.prepare(texts)
 
     def _text(self, tokens) -> str:
         return self.plan.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def finished(self, attempt, token_ids: list[int], finish_reason: str) -> None:
         self.results[attempt.index] = (list(token_ids), finish_reason)
-        pool_tokens = token_ids[:-1] if finish_reason == "eos" else token_ids
+        pool_tokens = _pool_tokens(token_ids, finish_reason)
         for accepted in self.planner.complete(attempt, pool_tokens):
             full, reason = self.results.pop(accepted.attempt.index)
             self.writer.write({
@@ -584,7 +596,8 @@ class RoundRun:
         return ids[:budget] if budget is not None else ids
 
     def _accept(self, tokens):
-        text = self._text(tokens)
+        text = self._decoded.pop(tuple(tokens), None)
+        text = self._text(tokens) if text is None else text
         key = dedupe_key(text)
         self.summary.attempts += 1
         if not key or (not self.plan.request.keep_duplicates and key in self.seen):
@@ -617,7 +630,7 @@ def _generate_in_rounds(engine, run: RoundRun, batch_size: int) -> None:
             if not running:
                 raise RuntimeError("the round planner handed out nothing while the run is not done")  # a bug of ours
             done = [output for output in engine.step() if output.finished]
-            run.prepare([output.token_ids for output in done])
+            run.prepare([(output.token_ids, output.finish_reason) for output in done])
             for output in done:
                 run.finished(running.pop(output.request_id), output.token_ids, output.finish_reason)
     finally:

@@ -32,8 +32,8 @@ class PrefixCacheStats:
     """Per stream role ("prompt", "base", "negative", and "chunk": the per-example chunks a joined
     negative context copies, SteerConfig.per_example_kv): context tokens the admitted streams
     asked for, and how many of them were found cached (their KV shared, not computed; the chunks
-    a joined stream copies count under "chunk", not as its own). A preempted group counts again when it is
-    admitted again."""
+    a joined stream copies count under "chunk", not as its own). A preempted group counts again
+    when it is admitted again."""
 
     context_tokens: dict[str, int] = field(default_factory=dict)
     cached_tokens: dict[str, int] = field(default_factory=dict)
@@ -232,8 +232,9 @@ class Scheduler:
     def _allocate_chunks(self, stream: Stream) -> None:
         """Plan the copy of a joined stream's chunks into its positions past its cached prefix
         (up to its last token, which always runs): each chunk it needs gets a ``whole`` table of
-        its own, found cached or computed by the step's chunk forward (steer.engine.chunks). The
-        copied positions count as computed: the model runner writes them before the forward."""
+        its own, found cached or computed as rows of the step's forward (steer.engine.chunks). The
+        copied positions count as computed: the step writes them in each layer before any query
+        attends."""
         start, end = stream.num_computed, min(stream.chunks_length, len(stream.tokens) - 1)
         if start >= end:
             return

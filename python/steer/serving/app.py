@@ -71,6 +71,7 @@ class ServerState:
     pools: Pools
     settings: ServeSettings
     metrics: ServerMetrics
+    newline_ids: list[int] = field(default_factory=list)  # what ends an example without EOS: tokenised once
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -83,7 +84,8 @@ def create_app(engine, tokenizer, real_texts: list[str], settings: ServeSettings
     pools = Pools([ids for ids, _ in kept], [text for _, text in kept], max_pools=settings.max_pools,
                   max_examples=settings.max_pool_examples, seed=settings.seed)  # fmt: skip
     loop = EngineLoop(engine, max_waiting=settings.max_waiting)
-    state = ServerState(loop, tokenizer, pools, settings, ServerMetrics(loop.stats, pools.sizes))
+    newline = list(tokenizer("\n", add_special_tokens=False)["input_ids"])
+    state = ServerState(loop, tokenizer, pools, settings, ServerMetrics(loop.stats, pools.sizes), newline)
     app = FastAPI(title="steer serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.steer = state
     _install_error_handlers(app)
@@ -267,7 +269,7 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
         if empty is not None:
             raise APIError(400, f"negatives[{empty}] tokenises to nothing", param="negatives")
     pool = state.pools.get(body.pool or "default") if eta != 0 and negatives is None else None
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    newline = state.newline_ids
     choices = []
     for prompt_index, prompt_ids in enumerate(prompts):
         _check_length(engine, prompt_ids, max_tokens)
