@@ -79,7 +79,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
     group.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a sample in tokens (default 64)")
     if not serve:  # a server's requests bring or draw their own negatives
         group.add_argument("--share-negatives", type=int, default=1, help="K consecutive samples use one draw of negative examples, so their negative context is prefilled once (default 1: a draw per sample, the paper's)")
-        group.add_argument("--per-example-kv", action="store_true", help="with --negative-mode concat: compute each pool example's KV once, alone, and copy it (keys re-rotated) into every joined negative context that draws it, instead of prefilling each draw; an approximation (no example attends to the ones before it), close on the demo (docs/design.md); needs rotary positions")
+    group.add_argument("--per-example-kv", action="store_true", help="with --negative-mode concat: compute each negative example's KV once, alone, and copy it (keys re-rotated) into every joined negative context that holds it, instead of prefilling each one; an approximation (no example attends to the ones before it), close on the demo (docs/design.md); needs rotary positions" + ("; a request's per_example_kv field overrides it" if serve else ""))
     group.add_argument("--eos-exempt", action="store_true", help="let the expert-vs-base contrast alone decide the probability of the end-of-text token; the negatives, which otherwise keep samples from ending at large eta, still shape the rest (not in the paper)")
     group.add_argument("--seed", type=int, default=0, help="the run's seed (default 0): the k-th sample attempted uses seed + k; attempts that give an empty text or a duplicate are dropped, so the seeds in the records can skip numbers")
     run = parser.add_argument_group("running")
@@ -282,12 +282,14 @@ def _serve(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     from steer.engine.engine import SteerEngine
-    from steer.engine.models import unsupported_reason
+    from steer.engine.models import per_example_kv_unsupported, unsupported_reason
 
     expert_model, base_model = load_models(sources, dtype=dtype)
     reason = unsupported_reason(expert_model, None)
     if reason is not None:
         raise DataError(f"steer serve runs models the engine runs: {reason}")
+    if config.per_example_kv and per_example_kv_unsupported(expert_model):
+        raise DataError(f"--per-example-kv: {per_example_kv_unsupported(expert_model)}")
     streams = 2 + max(config.num_negatives, 1)  # prompt, base and up to num_negatives negative streams per sample
     vocab = min(len(tokenizer), expert_model.get_output_embeddings().weight.shape[0])
     engine = SteerEngine(expert_model, base_model, config=config, device=device, dtype=dtype,

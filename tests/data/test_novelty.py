@@ -93,3 +93,24 @@ def test_minhash_without_datasketch_says_what_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_datasketch)
     with pytest.raises(DataError, match="needs datasketch: pip install datasketch"):
         MinHashGate(0.5)
+
+
+def test_each_finished_sample_is_decoded_once(tmp_path, monkeypatch):
+    """The gate embeds a step's finished samples in one batch (prepare) and judges them later:
+    their texts are decoded once, for both."""
+    from steer.data.generate import RoundRun
+
+    decoded = []
+    original = RoundRun._text
+
+    def counting(self, tokens):
+        decoded.append(tuple(tokens))
+        return original(self, tokens)
+
+    monkeypatch.setattr(RoundRun, "_text", counting)
+    out = tmp_path / "out.jsonl"
+    assert generate(out, "--n", "6", "--novelty-threshold", "0.15", "--novelty-method", "minhash") == 0
+    judged = 6 + records(out)[-1]["novelty_rejected"]  # at least: accepted and turned away (and any duplicates)
+    # decoding for the batch and again for the verdict took 2 per judged attempt; now 1 per finished
+    # attempt, which is at most the judged ones plus the batch's last 4 still waiting their turn
+    assert len(decoded) < 2 * judged, (len(decoded), judged)

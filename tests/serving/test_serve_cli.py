@@ -29,6 +29,7 @@ def no_model_loads(monkeypatch):
     (["--top-p", "2"], "--top-p"),
     (["--temperature", "-1"], "--temperature"),
     (["--chat-template", "/no/such/template.jinja"], "/no/such/template.jinja"),
+    (["--per-example-kv", "--negative-mode", "separate"], "--per-example-kv: per_example_kv applies to negative_mode 'concat'"),
 ], ids=lambda value: value[0] if isinstance(value, list) else None)
 def test_bad_options_are_one_line_exit_2(capsys, argv, message):
     assert main(["serve", *argv]) == 2

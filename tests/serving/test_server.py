@@ -148,7 +148,8 @@ def test_ignore_eos_runs_to_the_length_limit(server):
     {"eta": 0.5, "num_negatives": 8, "pool": "fields-test"},
     {"eta": 0.6, "eos_exempt": True},
     {"eta": 0.6, "eos_exempt": True, "ignore_eos": True},
-], ids=["plain", "negatives", "separate", "pool-separate", "named-pool", "eos-exempt", "eos-exempt-ignore-eos"])
+    {"eta": 0.5, "num_negatives": 3, "per_example_kv": True},
+], ids=["plain", "negatives", "separate", "pool-separate", "named-pool", "eos-exempt", "eos-exempt-ignore-eos", "per-example-kv"])
 def test_steer_fields(server, fields):
     reply = server.client().completions.create(model=MODEL, prompt="", max_tokens=12, seed=17, extra_body=fields)
     assert reply.choices[0].text is not None
@@ -172,6 +173,22 @@ def test_a_named_pool_grows_with_its_completions(server):
     # a request with its own negatives draws from no pool and grows none
     client.completions.create(model=MODEL, prompt="", max_tokens=8, seed=31, extra_body={"negatives": ["x"], "eta": 0.3})
     assert server.metrics()[name] == before + distinct
+
+
+def test_per_example_kv_computes_a_clients_examples_once_across_requests(server):
+    """Three requests joining the same two examples in both orders: each example's chunk is
+    computed by the first and copied by the others (the metrics' chunk counters say so)."""
+    client = server.client()
+    examples = ["Why do programmers prefer dark mode? Because light attracts bugs.", "A SQL query walks into a bar."]
+    before = idle(server)
+    key = 'steer_cached_context_tokens_total{role="chunk"}'
+    for negatives in (examples, examples[::-1], examples):
+        client.completions.create(model=MODEL, prompt="", max_tokens=8, seed=43,
+                                  extra_body={"negatives": negatives, "eta": 0.6, "per_example_kv": True})  # fmt: skip
+    after = idle(server)
+    asked = after['steer_context_tokens_total{role="chunk"}'] - before.get('steer_context_tokens_total{role="chunk"}', 0)
+    cached = after[key] - before.get(key, 0)
+    assert asked > 0 and cached >= asked / 2, (asked, cached)  # the 2nd and 3rd requests copy what the 1st computed
 
 
 # ---- seeds ------------------------------------------------------------------------------------------
@@ -217,6 +234,8 @@ BAD = [
     ({"num_negatives": -1}, "num_negatives"),
     ({"negative_mode": "mean"}, "negative_mode"),
     ({"eos_exempt": "yes"}, "eos_exempt"),
+    ({"per_example_kv": "yes"}, "per_example_kv"),
+    ({"per_example_kv": True, "negative_mode": "separate"}, "per_example_kv"),
     ({"pool": "no spaces allowed"}, "pool"),
     ({"eta": 0.5, "num_negatives": 0}, "num_negatives"),
     ({"presence_penalty": 0.5}, None),

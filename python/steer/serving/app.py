@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from steer.config import SteerConfig
-from steer.engine.pool import example_budget, example_separator, frame_examples
+from steer.engine.pool import example_budget, example_chunks, example_separator, frame_examples
 from steer.engine.sequence import Request as EngineRequest
 from steer.serving.engine_loop import Draining, EngineLoop, QueueFull
 from steer.serving.metrics import ServerMetrics
@@ -269,6 +269,10 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
         if empty is not None:
             raise APIError(400, f"negatives[{empty}] tokenises to nothing", param="negatives")
     pool = state.pools.get(body.pool or "default") if eta != 0 and negatives is None else None
+    if body.per_example_kv and mode != "concat":
+        raise APIError(400, f"per_example_kv: it applies to negative_mode 'concat' (joined contexts assembled from each example's KV); "
+                       f"negative_mode {mode!r} computes each example's KV once already", param="per_example_kv")  # fmt: skip
+    chunked = mode == "concat" and _setting(body, "per_example_kv", config)
     newline = state.newline_ids
     choices = []
     for prompt_index, prompt_ids in enumerate(prompts):
@@ -281,11 +285,13 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
                 examples = negatives if negatives is not None else pool.draw(num_negatives, seed)
                 examples = _fit(engine, examples, mode, max_tokens, len(prompt_ids), len(separator))
                 streams = frame_examples(examples, mode, prompt_ids, separator, separator)
+            chunks = [example_chunks(examples, prompt_ids, separator, separator)] if streams and chunked else []
             request = EngineRequest(
                 prompt_ids, streams, max_tokens, eos_token_id=None if body.ignore_eos else tokenizer.eos_token_id,
                 gamma=gamma, eta=eta, temperature=_setting(body, "temperature", config), top_k=top_k,
                 top_p=_setting(body, "top_p", config), seed=seed,
                 eos_exempt=False if body.ignore_eos else _setting(body, "eos_exempt", config),  # EOS is then an ordinary token
+                negative_chunks=chunks,
             )  # fmt: skip
             try:
                 engine.check_request(request)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class QueueFull(Exception):
@@ -38,6 +38,10 @@ class LoopStats:
     kv_blocks_total: int = 0
     steps: int = 0
     step_errors: int = 0
+    # per stream role, context tokens admitted and found cached (SteerEngine.prefix_cache_stats);
+    # copies, replaced whole after each step, so a scrape never reads a dict being written
+    context_tokens: dict = field(default_factory=dict)
+    cached_tokens: dict = field(default_factory=dict)
 
 
 class EngineLoop:
@@ -148,6 +152,8 @@ class EngineLoop:
         self.stats.running = len(scheduler.running)
         self.stats.waiting = len(scheduler.waiting)
         self.stats.kv_blocks_used = blocks.num_blocks - blocks.num_free_blocks
+        cache = scheduler.cache_stats
+        self.stats.context_tokens, self.stats.cached_tokens = dict(cache.context_tokens), dict(cache.cached_tokens)
         self.stats.steps += 1
 
     def _fail_all(self, sinks, error: Exception) -> None:

@@ -5,7 +5,7 @@ an HTTP 400 naming the field before anything reaches the engine loop. Fields of 
 that steer does not implement are accepted only at their no-op values (a client library that
 always sends ``"logprobs": null`` still works); any other value, and any field the API does not
 have, is a 400 that says so. STEER's own fields (``gamma``, ``eta``, ``negatives``,
-``num_negatives``, ``negative_mode``, ``pool``, ``eos_exempt``) arrive as extra body fields, which the openai
+``num_negatives``, ``negative_mode``, ``pool``, ``eos_exempt``, ``per_example_kv``) arrive as extra body fields, which the openai
 client sends with ``extra_body``.
 """
 
@@ -96,6 +96,7 @@ class SamplingFields(BaseModel):
     negative_mode: Literal["concat", "separate"] | None = None
     pool: StrictStr | None = None
     eos_exempt: StrictBool | None = None
+    per_example_kv: StrictBool | None = None
 
     @field_validator("temperature", "gamma", "eta", "presence_penalty", "frequency_penalty")
     @classmethod
