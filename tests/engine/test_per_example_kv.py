@@ -236,3 +236,51 @@ def test_on_a_gpu_triton_attention_and_captured_graphs_give_the_eager_tokens_in_
         assert engine.prefix_cache_stats.cached_tokens["chunk"] > 0
     assert engine.runner.graph_forwards > 0
     assert outputs[1] == outputs[0]
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def chunked_streams(draw):
+    """1-2 negative streams of few distinct tokens (so chunks recur across examples), each cut at
+    random points into chunks; sometimes a partition that is not a proper prefix (invalid)."""
+    streams, partitions = [], []
+    for _ in range(draw(st.integers(1, 2))):
+        stream = draw(st.lists(st.integers(10, 13), min_size=2, max_size=24))
+        cuts = sorted(set(draw(st.lists(st.integers(1, len(stream)), max_size=4))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], cuts)]
+        if chunks and draw(st.integers(0, 9)) == 0:
+            chunks[-1] = [t + 1 for t in chunks[-1]]  # no longer the stream's tokens
+        streams.append(stream)
+        partitions.append(chunks)
+    return streams, partitions
+
+
+def test_random_chunk_partitions_give_the_block_masked_formula_or_a_value_error():
+    """Random streams and random cuts, one engine for every example (its cached chunks and joined
+    blocks reused across them, in a small pool): each request is refused with a ValueError or gives
+    the block-masked formula's greedy tokens, and every block is free after it."""
+    expert, base = expert_and_base("llama")
+    config = SteerConfig(gamma=0.5, eta=0.6, temperature=0.0, max_new_tokens=3)
+    engine = SteerEngine(expert, base, config=config, block_size=4, kv_cache_memory=2**16, max_batch_rows=8)
+
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(chunked_streams())
+    def property_(case):
+        streams, partitions = case
+        try:
+            request = Request(PROMPT, streams, 3, negative_chunks=partitions)
+        except ValueError as error:
+            event("refused")
+            assert "negative_chunks" in str(error)
+            return
+        event("chunked" if any(partitions) else "exact")
+        [result] = engine.generate([request])
+        assert result.token_ids == want_tokens(expert, base, request, 0.5, 0.6)
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+    property_()
+    assert engine.prefix_cache_stats.cached_tokens.get("chunk", 0) > 0
