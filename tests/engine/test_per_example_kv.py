@@ -55,6 +55,10 @@ def test_greedy_tokens_are_the_block_masked_formula(arch):
                                     gamma=0.5, eta=0.6, max_new_tokens=NEW).tolist()  # fmt: skip
     assert results[4].token_ids == exact
     assert engine.prefix_cache_stats.cached_tokens["chunk"] > 0  # examples 0, 3 and 5 copied twice, computed once
+    # again, in new orders: every chunk cached before the step now (copied for all layers at once)
+    again = [chunked_request([5, 0, 3]), chunked_request([1, 2])]
+    for request, result in zip(again, engine.generate(again)):
+        assert result.token_ids == want_tokens(expert, base, request, 0.5, 0.6)
 
 
 def test_a_lora_expert_runs_its_chunks_with_its_adapters():
