@@ -296,7 +296,9 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
             try:
                 engine.check_request(request)
             except ValueError as error:
-                raise APIError(400, str(error), param="prompt" if "prompt" in str(error) else None) from None
+                message = str(error)
+                param = "per_example_kv" if "negative_chunks" in message else "prompt" if "prompt" in message else None
+                raise APIError(400, message.replace("negative_chunks", "per_example_kv"), param=param) from None
             choices.append(Choice(len(choices), f"{uuid.uuid4().hex}-{len(choices)}", request, pool,
                                   TextStream(tokenizer, body.stop or [])))  # fmt: skip
     return choices
