@@ -11,14 +11,18 @@ import torch
 
 from steer import reference
 from steer.config import steer_weights
+from steer.model_info import sliding_windows
 
 
-def block_mask(chunk_lengths: list[int], tail: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def block_mask(chunk_lengths: list[int], tail: int, dtype: torch.dtype = torch.float32, window: int | None = None) -> torch.Tensor:
     """[1, 1, T, T] additive attention mask of a joined context assembled from per-example KV
     (SteerConfig.per_example_kv): causal, each chunk seeing only itself, and the ``tail``
-    positions after the chunks seeing everything before them."""
+    positions after the chunks seeing everything before them; with a sliding ``window``, no query
+    sees more than the last ``window`` keys (its own included)."""
     total = sum(chunk_lengths) + tail
     allowed = torch.tril(torch.ones(total, total, dtype=torch.bool))
+    if window is not None:
+        allowed &= ~torch.tril(torch.ones(total, total, dtype=torch.bool), diagonal=-window)
     start = 0
     for length in chunk_lengths:
         allowed[start : start + length, :start] = False
@@ -35,7 +39,13 @@ def _last_logits(model, tokens: torch.Tensor, chunk_lengths: list[int] | None = 
     parameter = next(model.parameters())
     kwargs = {}
     if chunk_lengths:
-        mask = block_mask(chunk_lengths, len(tokens) - sum(chunk_lengths), parameter.dtype)
+        # A 4-D mask replaces the model's own, its sliding windows included: one window for every
+        # layer goes into the mask; layers of different windows (that matter at this length) have
+        # no one mask to stand for them.
+        windows = {w if w is not None and w < len(tokens) else None for w in sliding_windows(model.config, model.config.num_hidden_layers)}
+        if len(windows) > 1:
+            raise ValueError(f"the block-masked oracle takes one sliding window for every layer, this model has {sorted(windows, key=str)}")
+        mask = block_mask(chunk_lengths, len(tokens) - sum(chunk_lengths), parameter.dtype, window=windows.pop())
         kwargs["attention_mask"] = mask.to(parameter.device)
     return model(input_ids=tokens.to(parameter.device).unsqueeze(0), use_cache=False, **kwargs).logits[0, -1].float().cpu()
 
