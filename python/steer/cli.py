@@ -288,8 +288,9 @@ def _serve(args: argparse.Namespace) -> int:
     reason = unsupported_reason(expert_model, None)
     if reason is not None:
         raise DataError(f"steer serve runs models the engine runs: {reason}")
-    if config.per_example_kv and per_example_kv_unsupported(expert_model):
-        raise DataError(f"--per-example-kv: {per_example_kv_unsupported(expert_model)}")
+    cannot = per_example_kv_unsupported(expert_model) if config.per_example_kv else None
+    if cannot:
+        raise DataError(f"--per-example-kv: {cannot}")
     streams = 2 + max(config.num_negatives, 1)  # prompt, base and up to num_negatives negative streams per sample
     vocab = min(len(tokenizer), expert_model.get_output_embeddings().weight.shape[0])
     engine = SteerEngine(expert_model, base_model, config=config, device=device, dtype=dtype,

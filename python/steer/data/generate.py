@@ -220,10 +220,10 @@ def plan_generation(request: GenerateRequest) -> GenerationPlan:
         "novelty_threshold": request.novelty_threshold, "per_example_kv": config.per_example_kv,
         "novelty_method": None if request.novelty_threshold is None else resolve_method(request.novelty_method),
     }
-    engine_options = [(request.workers is not None, "--workers"), (request.novelty_threshold is not None, "--novelty-threshold"),
-                      (config.per_example_kv, "--per-example-kv")]  # fmt: skip
-    for _, option in (o for o in engine_options if o[0]):
-        _check_engine_runs(sources, option)
+    for wanted, option in ((request.workers is not None, "--workers"), (request.novelty_threshold is not None, "--novelty-threshold"),
+                           (config.per_example_kv, "--per-example-kv")):  # fmt: skip
+        if wanted:
+            _check_engine_runs(sources, option)
     if request.resume:  # a file that cannot be continued is refused now, not after the models load
         check_resumable(request.out, existing_records(request.out), metadata, request.n)
     return GenerationPlan(request, sources, tokenizer, prompt_ids, separator_ids, eos, real_token_ids, truncated, metadata, budget)
@@ -409,8 +409,10 @@ def build_engine(plan: GenerationPlan, models=None, *, notice=None):
     vocab = min(len(plan.tokenizer), expert.get_output_embeddings().weight.shape[0])
     base = base if config.gamma != 0 else None
     reason = unsupported_reason(expert, _longest_context(plan))
-    if config.per_example_kv and (reason or per_example_kv_unsupported(expert)):
-        raise DataError(f"--per-example-kv: {reason or per_example_kv_unsupported(expert)}")
+    if config.per_example_kv:
+        cannot = reason or per_example_kv_unsupported(expert)
+        if cannot:
+            raise DataError(f"--per-example-kv: {cannot}")
     if reason is not None:
         from steer.data.dropin import DropInGenerator
 

@@ -154,8 +154,10 @@ class SteerEngine:
         self.vocab_size = shared_vocabulary_size(expert, expert if base is None else base, vocab_size)
         self.passes = self._forward_passes(expert, base, self._should_merge(merge_adapters, expert), fuse_projections)
         self.has_base = any("base" in namespaces for _, namespaces in self.passes)
-        if self.config.per_example_kv and self._per_example_kv_unsupported():
-            raise ValueError(f"per_example_kv: {self._per_example_kv_unsupported()}")
+        # why joined negative contexts cannot be assembled from per-example KV here, or None
+        self.per_example_kv_unsupported = per_example_kv_unsupported(expert)
+        if self.config.per_example_kv and self.per_example_kv_unsupported:
+            raise ValueError(f"per_example_kv: {self.per_example_kv_unsupported}")
         self.max_context_length = self._max_context_length()
         parameter = next(expert.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
@@ -235,11 +237,6 @@ class SteerEngine:
         if expert_runner.kv_shape != base_runner.kv_shape:
             raise ValueError(f"expert and base must share an architecture: KV shapes {expert_runner.kv_shape} vs {base_runner.kv_shape}")
         return [(expert_runner, ("expert",)), (base_runner, ("base",))]
-
-    def _per_example_kv_unsupported(self) -> str | None:
-        """Why this engine cannot assemble joined negative contexts from per-example KV, or None."""
-        runner = next(r for r, namespaces in self.passes if "expert" in namespaces)
-        return per_example_kv_unsupported(runner.model)
 
     def _max_context_length(self) -> int | None:
         """The most positions a stream may reach: the shortest context of the models that run."""
@@ -487,8 +484,8 @@ class SteerEngine:
                 raise ValueError(f"{where}negative_ids is empty, but eta = {eta} needs at least one negative stream")
             for index, negative in enumerate(request.negative_ids):
                 self._check_stream(f"{where}negative_ids[{index}]", negative, request.max_new_tokens)
-            if any(request.negative_chunks) and self._per_example_kv_unsupported():
-                raise ValueError(f"{where}negative_chunks: {self._per_example_kv_unsupported()}")
+            if any(request.negative_chunks) and self.per_example_kv_unsupported:
+                raise ValueError(f"{where}negative_chunks: {self.per_example_kv_unsupported}")
         if request.eos_token_id is not None and request.eos_token_id >= self.vocab_size:
             raise ValueError(f"{where}eos_token_id = {request.eos_token_id} {self._not_in_vocabulary()}")
         if request.setting("eos_exempt", self.config) and eta != 0 and request.eos_token_id is None:

@@ -273,6 +273,8 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
         raise APIError(400, f"per_example_kv: it applies to negative_mode 'concat' (joined contexts assembled from each example's KV); "
                        f"negative_mode {mode!r} computes each example's KV once already", param="per_example_kv")  # fmt: skip
     chunked = mode == "concat" and _setting(body, "per_example_kv", config)
+    if chunked and eta != 0 and engine.per_example_kv_unsupported:
+        raise APIError(400, f"per_example_kv: {engine.per_example_kv_unsupported}", param="per_example_kv")
     newline = state.newline_ids
     choices = []
     for prompt_index, prompt_ids in enumerate(prompts):
@@ -296,9 +298,7 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
             try:
                 engine.check_request(request)
             except ValueError as error:
-                message = str(error)
-                param = "per_example_kv" if "negative_chunks" in message else "prompt" if "prompt" in message else None
-                raise APIError(400, message.replace("negative_chunks", "per_example_kv"), param=param) from None
+                raise APIError(400, str(error), param="prompt" if "prompt" in str(error) else None) from None
             choices.append(Choice(len(choices), f"{uuid.uuid4().hex}-{len(choices)}", request, pool,
                                   TextStream(tokenizer, body.stop or [])))  # fmt: skip
     return choices
