@@ -55,6 +55,10 @@ class BlockTable:
     num_tokens: int = 0
     num_cached_tokens: int = 0  # tokens whose KV was already in the cache when allocated
 
+    def slot(self, position: int, block_size: int) -> int:
+        """The pool slot of the stream's token at ``position`` (slot = block id * block size + offset)."""
+        return self.block_ids[position // block_size] * block_size + position % block_size
+
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int) -> None:

@@ -56,13 +56,10 @@ def chunk_copies(joined, key_rotation, block_size: int, device) -> ChunkCopies |
     sources, targets, offsets = [], [], []
     for stream in joined:
         start, end = stream.copy_range
-        blocks = stream.table.block_ids
         for offset, chunk in stream.chunk_streams:
-            own = chunk.table.block_ids
             for position in range(max(start, offset), min(end, offset + len(chunk.tokens))):
-                local = position - offset
-                sources.append(own[local // block_size] * block_size + local % block_size)
-                targets.append(blocks[position // block_size] * block_size + position % block_size)
+                sources.append(chunk.table.slot(position - offset, block_size))
+                targets.append(stream.table.slot(position, block_size))
                 offsets.append(offset)
     if not sources:
         return None

@@ -91,7 +91,7 @@ def _metadata(streams: list[Stream], block_size: int, rows: int, width: int, scr
         start = length - new
         input_ids += tokens[start:] if new > 1 else (tokens[-1],)
         positions += range(start, length)
-        write_slots += [blocks[p // block_size] * block_size + p % block_size for p in range(start, length)]
+        write_slots += [stream.table.slot(p, block_size) for p in range(start, length)]
         query_starts.append(query_starts[-1] + new)
         last_token.append(query_starts[-1] - 1)
         context_lengths.append(length)
