@@ -36,15 +36,14 @@ def chunked_request(indices, examples=EXAMPLES, **options):
     return Request(PROMPT, [stream], NEW, negative_chunks=[example_chunks(chosen, PROMPT, SEPARATOR, SEPARATOR)], **options)
 
 
-# Architectures whose layers differ in their windows run without them (window 256, past every
-# context): the oracle's 4-D mask replaces the models' own masks and takes one window for all
-# layers (Mistral's and Phi-3's: WINDOW keys, shorter than the contexts).
-ROTARY_ARCHS = ["llama", "llama3", "qwen2", "mistral", "mistral-windowed", *HF_LAYER_ARCHS, "phi3-windowed"]
+# The windowed architectures run with WINDOW-key windows, shorter than the contexts: every layer's
+# (Mistral, Phi-3) or the sliding layers' beside full ones (Qwen2/3, Gemma 2/3, SmolLM3).
+ROTARY_ARCHS = ["llama", "llama3", "qwen2", "mistral", "qwen2_windowed", *HF_LAYER_ARCHS]
 
 
 @pytest.mark.parametrize("arch", ROTARY_ARCHS)
 def test_greedy_tokens_are_the_block_masked_formula(arch):
-    expert, base = expert_and_base(arch.removesuffix("-windowed"), window=None if arch.endswith("-windowed") else 256)
+    expert, base = expert_and_base(arch)
     config = SteerConfig(gamma=0.5, eta=0.6, temperature=0.0, max_new_tokens=NEW)
     engine = SteerEngine(expert, base, config=config, block_size=4, kv_cache_memory=2**20)
     batch = [chunked_request([0, 3, 5]), chunked_request([5, 1]), chunked_request([2]), chunked_request([3, 5, 0])]
@@ -289,9 +288,3 @@ def test_random_chunk_partitions_give_the_block_masked_formula_or_a_value_error(
 
     property_()
     assert engine.prefix_cache_stats.cached_tokens.get("chunk", 0) > 0
-
-
-def test_the_oracle_refuses_layers_of_different_windows():
-    expert, base = expert_and_base("qwen2_windowed")  # a full layer, then a WINDOW-key one
-    with pytest.raises(ValueError, match="one sliding window for every layer"):
-        want_tokens(expert, base, chunked_request([0, 1, 2]), 0.5, 0.6)

@@ -32,6 +32,17 @@ def block_mask(chunk_lengths: list[int], tail: int, dtype: torch.dtype = torch.f
     return mask
 
 
+def _block_masks(config, chunk_lengths: list[int], tail: int, dtype: torch.dtype):
+    """The 4-D attention mask(s) that stand for the model's own: one block mask where every layer
+    has one window (``sliding_windows``: a config without ``layer_types`` always does), else one
+    per layer kind with that kind's window, a dict by kind as transformers takes it (Gemma, Qwen2/3)."""
+    total = sum(chunk_lengths) + tail
+    windows = [w if w is not None and w < total else None for w in sliding_windows(config, config.num_hidden_layers)]
+    if len(set(windows)) == 1:
+        return block_mask(chunk_lengths, tail, dtype, window=windows[0])
+    return {kind: block_mask(chunk_lengths, tail, dtype, window=w) for kind, w in zip(config.layer_types, windows)}
+
+
 @torch.no_grad()
 def _last_logits(model, tokens: torch.Tensor, chunk_lengths: list[int] | None = None) -> torch.Tensor:
     """The next-token logits after ``tokens``; with ``chunk_lengths``, of the context whose leading
@@ -39,14 +50,11 @@ def _last_logits(model, tokens: torch.Tensor, chunk_lengths: list[int] | None = 
     parameter = next(model.parameters())
     kwargs = {}
     if chunk_lengths:
-        # A 4-D mask replaces the model's own, its sliding windows included: one window for every
-        # layer goes into the mask; layers of different windows (that matter at this length) have
-        # no one mask to stand for them.
-        windows = {w if w is not None and w < len(tokens) else None for w in sliding_windows(model.config, model.config.num_hidden_layers)}
-        if len(windows) > 1:
-            raise ValueError(f"the block-masked oracle takes one sliding window for every layer, this model has {sorted(windows, key=str)}")
-        mask = block_mask(chunk_lengths, len(tokens) - sum(chunk_lengths), parameter.dtype, window=windows.pop())
-        kwargs["attention_mask"] = mask.to(parameter.device)
+        # A 4-D mask replaces the model's own, its sliding windows included, so each layer kind's
+        # window goes into its mask.
+        masks = _block_masks(model.config, chunk_lengths, len(tokens) - sum(chunk_lengths), parameter.dtype)
+        on_device = {k: m.to(parameter.device) for k, m in masks.items()} if isinstance(masks, dict) else masks.to(parameter.device)
+        kwargs["attention_mask"] = on_device
     return model(input_ids=tokens.to(parameter.device).unsqueeze(0), use_cache=False, **kwargs).logits[0, -1].float().cpu()
 
 
