@@ -73,10 +73,15 @@ def load(domain):
 
 
 @torch.no_grad()
+def _model_dtype(model, mask: torch.Tensor) -> torch.Tensor:
+    """An additive mask in the model's dtype: transformers 5.25 misreads a float mask of another."""
+    return mask.to(next(model.parameters()).dtype)
+
+
 def tail_logprobs(model, ids: list[int], tail: int, mask: torch.Tensor | None = None, adapters: bool = True) -> torch.Tensor:
     """log-softmax of the next-token logits at the last ``tail`` positions of ``ids`` [tail, V]."""
     input_ids = torch.tensor([ids])
-    kwargs = {"attention_mask": mask} if mask is not None else {}
+    kwargs = {"attention_mask": _model_dtype(model, mask)} if mask is not None else {}
     if adapters:
         logits = model(input_ids=input_ids, **kwargs).logits[0, -tail:]
     else:
@@ -146,7 +151,7 @@ def _stream_step(model, ids: list[int], cache, mask=None, adapters: bool = True)
     from transformers import DynamicCache
 
     cache = DynamicCache() if cache is None else cache
-    kwargs = {"attention_mask": mask} if mask is not None else {}
+    kwargs = {"attention_mask": _model_dtype(model, mask)} if mask is not None else {}
     if adapters:
         out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, **kwargs)
     else:

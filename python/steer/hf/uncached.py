@@ -18,7 +18,8 @@ def block_mask(chunk_lengths: list[int], tail: int, dtype: torch.dtype = torch.f
     """[1, 1, T, T] additive attention mask of a joined context assembled from per-example KV
     (SteerConfig.per_example_kv): causal, each chunk seeing only itself, and the ``tail``
     positions after the chunks seeing everything before them; with a sliding ``window``, no query
-    sees more than the last ``window`` keys (its own included)."""
+    sees more than the last ``window`` keys (its own included). In the model's dtype: transformers
+    5.25 reads an additive mask of another float dtype wrongly."""
     total = sum(chunk_lengths) + tail
     allowed = torch.tril(torch.ones(total, total, dtype=torch.bool))
     if window is not None:
