@@ -119,6 +119,9 @@ def test_tune_halves_the_grid_reuses_cells_and_chooses_within_the_bound(models, 
     (["--n-min", "5"], "--n-min must be at least 10"),
     (["--n-min", "50", "--n-max", "20"], "--n-max (20) must be at least --n-min (50)"),
     (["--gammas", "0", "--etas", "0"], "the grid has no STEER cell"),
+    (["--etas", "0.2,-1"], "--gammas/--etas: the cell gamma=0,eta=-1: eta must be a finite number >= 0.0"),
+    (["--gammas", "0.2,inf"], "--gammas/--etas: the cell gamma=inf,eta=0: gamma must be a finite number"),
+    (["--etas", "1.5"], "--gammas/--etas: the cell gamma=0,eta=1.5: eta must be <= 1"),
     (["--real", "{small}"], "has 5 texts: steer tune evaluates every cell against it, which needs at least 10"),
 ])  # fmt: skip
 def test_bad_tune_options_are_refused(models, real, tmp_path, capsys, extra, message):

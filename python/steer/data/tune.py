@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from steer.config import check_steer_coefficients
 from steer.data.generate import plan_generation, run_generation
 from steer.data.io import DataError, read_texts
 from steer.data.models import load_models, pick_device, pick_dtype
@@ -194,6 +195,11 @@ def run_tune(template, out_dir: Path, *, gammas, etas, bounds: Bounds = Bounds()
     candidates = grid_cells(gammas, etas)
     if not candidates:
         raise DataError("the grid has no STEER cell: give --gammas or --etas other than 0")
+    for cell in candidates:
+        try:
+            check_steer_coefficients(cell.settings["gamma"], cell.settings["eta"], rescale=template.config.rescale)
+        except ValueError as error:
+            raise DataError(f"--gammas/--etas: the cell {cell.label}: {error}") from None
     cells = [PLAIN, *candidates, *(baseline_cells() if baselines else [])]
     plans = [plan_generation(_request(template, cell, n_min, out_dir)) for cell in cells]  # every cell checked before any runs
     (out_dir / "cells").mkdir(parents=True, exist_ok=True)
