@@ -90,7 +90,7 @@ def _add_steer_options(parser: argparse.ArgumentParser, *, sweep: bool = False, 
         run.add_argument("--pool-round", type=int, default=None, help="attempts per round of the negative pool (default: the batch size): an attempt draws its negatives from the pool as it stood two rounds before, so the records do not depend on the schedule; part of a run's settings")
         run.add_argument("--keep-duplicates", action="store_true", help="keep samples that repeat an earlier sample's text (default: drop them and sample again)")
         run.add_argument("--novelty-threshold", type=float, default=None, help="keep a sample only if its largest similarity to the pool (real examples and accepted samples) is below T, else sample again with the next seed; off by default")
-        run.add_argument("--novelty-method", choices=("auto", "minilm", "minhash"), default="auto", help="the gate's similarity: MiniLM embedding cosine, or MinHash Jaccard of word 3-grams (datasketch); auto: MiniLM when installed")
+        run.add_argument("--novelty-method", choices=("auto", "minilm", "minhash"), default=None, help="with --novelty-threshold: the gate's similarity: MiniLM embedding cosine, or MinHash Jaccard of word 3-grams (datasketch); auto: MiniLM when installed")
         run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -128,6 +128,8 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
     if args.expert is not None and args.real is None:
         raise DataError("--expert needs --real: the real examples of the expert's domain")
     config = _steer_config(args, gamma, eta)  # checks the numbers before any file is read
+    if getattr(args, "novelty_method", None) is not None and getattr(args, "novelty_threshold", None) is None:
+        raise DataError("--novelty-method chooses the novelty gate's similarity, which is off without --novelty-threshold")
     if args.expert is None:
         from steer.demo.models import demo_base_dir, demo_expert_dir, demo_real_examples
 
@@ -143,7 +145,7 @@ def _generate_request(args: argparse.Namespace, out: Path, gamma: float, eta: fl
         n=getattr(args, "n", 1), out=out, config=config, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         resume=resume, keep_duplicates=args.keep_duplicates, quiet=args.quiet, allow_pickle=args.allow_pickle,
         pool_round=args.pool_round, workers=getattr(args, "workers", None),
-        novelty_threshold=getattr(args, "novelty_threshold", None), novelty_method=getattr(args, "novelty_method", "auto"), ray_address=getattr(args, "ray_address", None),
+        novelty_threshold=getattr(args, "novelty_threshold", None), novelty_method=getattr(args, "novelty_method", None) or "auto", ray_address=getattr(args, "ray_address", None),
         threads_per_worker=getattr(args, "threads_per_worker", None), gpus_per_worker=getattr(args, "gpus_per_worker", 0.0),
     )
 

@@ -80,6 +80,13 @@ def test_a_bad_threshold_is_refused(tmp_path, capsys, value):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_method_without_a_threshold_is_refused(tmp_path, capsys):
+    """--novelty-method alone would run no gate at all: said, not ignored."""
+    assert generate(tmp_path / "out.jsonl", "--n", "2", "--novelty-method", "minhash") == 2
+    assert "--novelty-method chooses the novelty gate's similarity, which is off without --novelty-threshold" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_minhash_without_datasketch_says_what_to_install(monkeypatch):
     import builtins
 
