@@ -27,6 +27,15 @@ def test_rank_puts_feasible_cells_first_by_the_objective():
     assert [r["feasible"] for r in ranked] == [True, True, False, False]
 
 
+def test_a_miss_within_rounding_is_no_miss():
+    """Coherency near 0 (texts that share nothing with the real ones) differs between cells by
+    rounding alone: that does not make a cell infeasible; a real miss, however small, does."""
+    bounds = Bounds(0.05)
+    assert bounds.shortfall({"coherency": -2.4e-19}, {"coherency": 4.2e-18}) == 0
+    assert bounds.shortfall({"coherency": 0.19 - 5e-7}, {"coherency": 0.2}) == 0
+    assert bounds.shortfall({"coherency": 0.1899}, {"coherency": 0.2}) == pytest.approx(1e-4 / 0.19)
+
+
 def test_mauve_and_auc_bounds_make_a_coherent_but_unreal_cell_infeasible():
     plain = {"coherency": 0.20, "diversity": 0.5, "mauve": 0.60, "authenticity_auc": 0.80}
     rows = [  # a: the most diverse, coherent, but told from real texts at once (the demo jokes' choice)
@@ -84,7 +93,8 @@ def test_tune_halves_the_grid_reuses_cells_and_chooses_within_the_bound(models, 
             "--gammas", "0,0.5", "--etas", "0,0.5", "--n-min", "10", "--n-max", "20", "--max-new-tokens", "8",
             "--batch-size", "6", "--embedder", "tfidf", "--max-coherency-drop", "0.5", "--out", str(out)]  # fmt: skip
     code = main(args)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     result = json.loads((out / "tune.json").read_text())
     rungs = result["rungs"]
     assert [r["n"] for r in rungs] == [10, 20]
@@ -97,17 +107,17 @@ def test_tune_halves_the_grid_reuses_cells_and_chooses_within_the_bound(models, 
     for row in second:  # a cell's rung-0 samples are the first of its rung-1 file
         lines = (out / "cells" / f"STEER_{row['label']}.jsonl".replace("=", "").replace(",", "_")).read_text().splitlines()
         assert len(lines) == 20
+    # the tiny models write random characters, which share no TF-IDF terms with the real texts:
+    # every coherency is ~0 (rounding), so no cell misses the bound and the most diverse is chosen
+    assert "steer tune: warning: plain sampling's coherency is" in captured.err and "try --embedder minilm" in captured.err
     chosen = result["chosen"]
-    if chosen is None:
-        assert code == 1 and "No STEER cell kept its coherency" in printed
-    else:
-        assert code == 0 and chosen["feasible"] and chosen["n"] == 20
-        assert chosen["coherency"] >= 0.5 * rungs[-1]["plain"]["coherency"]
-        assert f"Chosen: gamma {chosen['gamma']:g}, eta {chosen['eta']:g}" in printed
+    assert code == 0 and chosen["feasible"] and chosen["n"] == 20
+    assert chosen["diversity"] == max(r["diversity"] for r in second)
+    assert f"Chosen: gamma {chosen['gamma']:g}, eta {chosen['eta']:g}" in printed
     assert (out / "frontier.png").stat().st_size > 10_000 and "## Rung 1: 20 samples per cell" in (out / "tune.md").read_text()
     assert main(args) == code  # a second run reuses every cell (nothing to generate) and chooses the same
     again = json.loads((out / "tune.json").read_text())["chosen"]
-    assert (again is None and chosen is None) or ({**again, "seconds": 0} == {**chosen, "seconds": 0} and again["seconds"] < 0.5)
+    assert {**again, "seconds": 0} == {**chosen, "seconds": 0} and again["seconds"] < 0.5
 
 
 @pytest.mark.parametrize("extra, message", [

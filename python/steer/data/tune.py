@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def baseline_cells() -> list[Cell]:
 PLAIN = Cell("plain", "plain", {"gamma": 0.0, "eta": 0.0})
 
 
+# Coherency and MAUVE are means over float32 embeddings: a miss smaller than this is rounding, not
+# a cell worse than plain sampling (two cells of coherency ~1e-18 must not be told apart by it).
+METRIC_TOLERANCE = 1e-6
+NEAR_ZERO_COHERENCY = 1e-3  # below it, "within x% of plain sampling's coherency" bounds nothing
+
+
 @dataclass(frozen=True)
 class Bounds:
     """What a cell must keep to be feasible, measured against plain sampling at the same rung."""
@@ -117,7 +124,8 @@ class Bounds:
         for metric, op, limit in self.limits(plain):
             value = _metric(row, metric)
             miss = limit - value if op == ">=" else value - limit
-            total += max(0.0, miss) / max(abs(limit), 1e-12)
+            if miss > METRIC_TOLERANCE:
+                total += miss / max(abs(limit), 1e-12)
         return total
 
     def describe(self) -> str:
@@ -211,6 +219,10 @@ def run_tune(template, out_dir: Path, *, gammas, etas, bounds: Bounds = Bounds()
         log(f"rung {index}: {len(active)} cells x {n} samples")
         rows = [_evaluate(template, cell, n, out_dir, models, embed, seed) for cell in active]
         plain = next(r for r in rows if r["family"] == "plain")
+        if index == 0 and abs(plain["coherency"]) < NEAR_ZERO_COHERENCY:
+            warnings.warn(f"plain sampling's coherency is {plain['coherency']:.2g} under this embedder: a bound "
+                          "relative to it hardly tells cells apart (texts that share no words or meaning with "
+                          "the real ones; try --embedder minilm)", stacklevel=2)  # fmt: skip
         ranked = rank([r for r in rows if r["family"] != "plain"], plain, objective=objective, bounds=bounds)
         rungs.append({"n": n, "plain": plain, "rows": ranked})
         steer_rows = [r for r in ranked if r["family"] == "STEER"]
