@@ -72,12 +72,12 @@ def load(domain):
     return load_tokenizer(sources), expert
 
 
-@torch.no_grad()
 def _model_dtype(model, mask: torch.Tensor) -> torch.Tensor:
     """An additive mask in the model's dtype: transformers 5.25 misreads a float mask of another."""
     return mask.to(next(model.parameters()).dtype)
 
 
+@torch.no_grad()
 def tail_logprobs(model, ids: list[int], tail: int, mask: torch.Tensor | None = None, adapters: bool = True) -> torch.Tensor:
     """log-softmax of the next-token logits at the last ``tail`` positions of ``ids`` [tail, V]."""
     input_ids = torch.tensor([ids])
