@@ -33,15 +33,20 @@ def block_mask(chunk_lengths: list[int], tail: int, dtype: torch.dtype = torch.f
     return mask
 
 
-def _block_masks(config, chunk_lengths: list[int], tail: int, dtype: torch.dtype):
-    """The 4-D attention mask(s) that stand for the model's own: one block mask where every layer
-    has one window (``sliding_windows``: a config without ``layer_types`` always does), else one
-    per layer kind with that kind's window, a dict by kind as transformers takes it (Gemma, Qwen2/3)."""
+def _block_masks(config, chunk_lengths: list[int], tail: int, parameter: torch.Tensor):
+    """The 4-D attention mask(s) that stand for the model's own, in the dtype and on the device of
+    ``parameter``: one block mask where every layer has one window (``sliding_windows``: a config
+    without ``layer_types`` always does), else one per layer kind with that kind's window, a dict by
+    kind as transformers takes it (Gemma, Qwen2/3)."""
     total = sum(chunk_lengths) + tail
     windows = [w if w is not None and w < total else None for w in sliding_windows(config, config.num_hidden_layers)]
+
+    def mask(window):
+        return block_mask(chunk_lengths, tail, parameter.dtype, window=window).to(parameter.device)
+
     if len(set(windows)) == 1:
-        return block_mask(chunk_lengths, tail, dtype, window=windows[0])
-    return {kind: block_mask(chunk_lengths, tail, dtype, window=w) for kind, w in zip(config.layer_types, windows)}
+        return mask(windows[0])
+    return {kind: mask(w) for kind, w in zip(config.layer_types, windows)}
 
 
 @torch.no_grad()
@@ -53,9 +58,7 @@ def _last_logits(model, tokens: torch.Tensor, chunk_lengths: list[int] | None = 
     if chunk_lengths:
         # A 4-D mask replaces the model's own, its sliding windows included, so each layer kind's
         # window goes into its mask.
-        masks = _block_masks(model.config, chunk_lengths, len(tokens) - sum(chunk_lengths), parameter.dtype)
-        on_device = {k: m.to(parameter.device) for k, m in masks.items()} if isinstance(masks, dict) else masks.to(parameter.device)
-        kwargs["attention_mask"] = on_device
+        kwargs["attention_mask"] = _block_masks(model.config, chunk_lengths, len(tokens) - sum(chunk_lengths), parameter)
     return model(input_ids=tokens.to(parameter.device).unsqueeze(0), use_cache=False, **kwargs).logits[0, -1].float().cpu()
 
 
