@@ -105,6 +105,7 @@ def _bad_real_files(root: Path) -> dict[str, Path]:
         "number_field": ("number.jsonl", b'{"text": "fine"}\n{"text": 5}\n'),
         "csv_no_column": ("real.csv", b"body,label\nhello world,1\nthe cat sat,2\n"),
         "few": ("few.txt", b"one text\ntwo texts\nthree texts\n"),
+        "single": ("single.txt", b"one text alone\n"),
     }
     found = {name: files / filename for name, (filename, _) in contents.items()}
     for name, (_, data) in contents.items():
@@ -343,6 +344,7 @@ CASES = [
     # steer eval
     ev(message="is a file, not a directory", out="file", id="--out a file"),
     ev("--synthetic", "{few}", message="the synthetic set has 3 texts; evaluation needs at least 10", id="too few synthetic"),
+    ev("--synthetic", "{single}", message="the synthetic set has 1 text; evaluation needs at least 10", id="one synthetic"),
     ev("--real", "{few}", message="the real set has 3 texts; evaluation needs at least 10", out="new_dir", id="too few real, new --out"),
     ev("--synthetic", "{empty}", message="holds no examples", id="--synthetic empty"),
     ev("--synthetic", "{binary}", message="looks like a binary file", id="--synthetic binary"),

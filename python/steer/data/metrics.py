@@ -481,7 +481,7 @@ def _check_side(texts, name: str) -> list[str]:
     if not texts:
         raise DataError(f"the {name} set is empty: nothing to evaluate")
     if len(texts) < MIN_TEXTS:
-        raise DataError(f"the {name} set has {len(texts)} texts; evaluation needs at least {MIN_TEXTS}")
+        raise DataError(f"the {name} set has {len(texts)} text{'' if len(texts) == 1 else 's'}; evaluation needs at least {MIN_TEXTS}")
     return texts
 
 
