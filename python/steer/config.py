@@ -19,18 +19,28 @@ import torch
 
 NEGATIVE_MODES = ("concat", "separate")
 MAX_SEED = 2**62
+# The scores are float32: (1 + gamma) times a log-probability (a real model's reach tens of nats
+# below its best token), divided by the temperature. Far enough out they overflow to +-inf, and the
+# sampler then draws garbage (inf - inf is NaN) or fails the whole batch's step (gamma 1e38 or a
+# temperature of 1e-45 did, before these bounds). The bounds sit orders of magnitude inside that
+# and outside any setting one samples with.
+MAX_GAMMA = 1e4
+MIN_TEMPERATURE = 1e-5  # between 0 and this, use 0: greedy decoding is what such a temperature means
+MAX_TEMPERATURE = 1e4  # beyond it the draw is uniform over the kept tokens already
 
 
-def _check_finite_at_least(name: str, value: float, low: float) -> None:
+def _check_finite_at_least(name: str, value: float, low: float, high: float = math.inf, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value) or value < low:
         raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be <= {high:g}, got {value!r}: {why}")
 
 
 def check_steer_coefficients(gamma: float, eta: float, *, rescale: bool = False) -> None:
     """Raise ValueError unless gamma and eta are usable STEER coefficients."""
-    _check_finite_at_least("gamma", gamma, 0.0)
+    _check_finite_at_least("gamma", gamma, 0.0, MAX_GAMMA, "a sharper contrast than any use of it, and far beyond it the float32 scores overflow")
     _check_finite_at_least("eta", eta, 0.0)
     if eta > 1.0:
         raise ValueError(
@@ -50,7 +60,12 @@ def check_steer_coefficients(gamma: float, eta: float, *, rescale: bool = False)
 
 def check_sampling_parameters(temperature: float, top_k: int, top_p: float) -> None:
     """Raise ValueError unless temperature, top_k and top_p describe a valid sampler."""
-    _check_finite_at_least("temperature", temperature, 0.0)
+    _check_finite_at_least("temperature", temperature, 0.0, MAX_TEMPERATURE, "beyond it the draw is uniform over the kept tokens already")
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(
+            f"temperature {temperature!r} is below {MIN_TEMPERATURE:g}: that is greedy decoding in all but name, and "
+            "near 0 the float32 scores divided by it overflow; use 0 for greedy decoding"
+        )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 turns it off), got {top_k!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0):

@@ -28,7 +28,7 @@ def run_to_completion(scheduler, groups, token_of=lambda g: 7, max_steps=10_000)
             break
         plan = scheduler.schedule()
         peak_used = max(peak_used, scheduler.blocks.num_used_blocks)
-        finished += scheduler.postprocess(plan, [token_of(g) for g in plan.groups])
+        finished += scheduler.postprocess(plan.groups, [token_of(g) for g in plan.groups])
     return finished, peak_used
 
 
@@ -89,7 +89,7 @@ def test_request_validation():
 def step(scheduler):
     """One step with a made-up token; the plan's groups admitted now."""
     plan = scheduler.schedule()
-    scheduler.postprocess(plan, [7] * len(plan.groups))
+    scheduler.postprocess(plan.groups, [7] * len(plan.groups))
     return [g.group_id for g in plan.groups[len(plan.groups) - plan.num_prefilling :]]
 
 
@@ -156,7 +156,7 @@ def test_the_plan_says_what_each_stream_computes():
     scheduler.add(group(0, prompt_len=9))
     plan = scheduler.schedule()
     assert [s.num_new for s in plan.groups[0].streams] == [9, 3, 9] and plan.max_new_tokens == 9
-    scheduler.postprocess(plan, [7])
+    scheduler.postprocess(plan.groups, [7])
     scheduler.add(group(1, prompt_len=9, negatives=((60, 61),)))
     plan = scheduler.schedule()
     # group 0 decodes one token per stream; group 1's prompt and base find 8 tokens cached

@@ -1,6 +1,8 @@
 """The request-level API: add_request, step, abort_request, has_unfinished_requests, and
 per-request STEER and sampling parameters in one batch."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -209,6 +211,55 @@ def test_an_error_inside_a_step_drops_every_request_and_frees_its_blocks(models,
     assert not engine.has_unfinished_requests() and all_free(engine)
     assert all(engine.abort_request(i) is False for i in ids)
     assert engine.generate(requests()) == fresh
+
+
+def poison(engine, bad: dict, monkeypatch):
+    """Make the forward's logits NaN in the rows of the requests ``bad`` names, from the step at
+    which each has generated ``bad[request_id]`` tokens on: their model's numbers gone wrong."""
+    original = engine.runner.run
+
+    def run(plan):
+        logits = original(plan)
+        for row, group in enumerate(plan.groups):
+            if len(group.generated) >= bad.get(group.request_id, NEW + 1):
+                logits[row, 1, 7] = float("nan")
+        return logits
+
+    monkeypatch.setattr(engine.runner, "run", run)
+
+
+@pytest.mark.parametrize("mixed_samplers", [False, True], ids=["one sampler", "two samplers"])
+def test_a_request_whose_logits_are_nan_fails_alone_and_the_others_get_their_tokens(models, monkeypatch, mixed_samplers):
+    """A row the sampler refuses (NaN) fails its request alone, finish_reason "error" with the
+    sampler's message; the others draw the tokens they draw without it (their noise is keyed by
+    their seed, not their place in the batch), and every block comes back, none of the failed
+    request's left to the prefix cache."""
+    engine = engine_of(models, config=SteerConfig(top_k=5, max_new_tokens=NEW))
+    batch = [dataclasses.replace(r, seed=20 + i, temperature=0.8 if mixed_samplers and i % 2 else None) for i, r in enumerate(requests())]
+    alone = {i: engine.generate([r])[0] for i, r in enumerate(batch) if i not in (1, 2)}
+    poison(engine, {"r1": 2, "r2": 0}, monkeypatch)  # r2 on its prefill step, r1 two tokens in, in other steps
+    ids = [engine.add_request(r, request_id=f"r{i}") for i, r in enumerate(batch)]
+    done, steps = drain(engine)
+    failed = [o for outputs in steps for o in outputs if o.finish_reason == "error"]
+    assert sorted(o.request_id for o in failed) == ["r1", "r2"]
+    for output in failed:
+        assert output.finished and "logits contain NaN" in output.error and "stream 1" in output.error
+    assert len(done["r1"][0]) == 2 and done["r2"][0] == []  # the tokens drawn before it went wrong
+    assert {i: done[ids[i]] for i in alone} == {i: (r.token_ids, r.finish_reason) for i, r in alone.items()}
+    assert all_free(engine) and not engine.has_unfinished_requests()
+    for namespace in ("expert", "base"):  # r2's prompt has two full blocks, which only r2 held
+        assert engine.blocks.cached_prefix_tokens(namespace, batch[2].prompt_ids) == 0
+
+
+def test_generate_raises_naming_the_request_whose_logits_are_nan(models, monkeypatch):
+    engine = engine_of(models)
+    want = engine.generate(requests())
+    poison(engine, {("generate", 2): 3}, monkeypatch)
+    with pytest.raises(ValueError, match=r"^requests\[2\]: logits contain NaN"):
+        engine.generate(requests())
+    assert all_free(engine) and not engine.has_unfinished_requests()
+    monkeypatch.undo()
+    assert engine.generate(requests()) == want
 
 
 def test_a_step_builds_no_autograd_graph_for_models_whose_weights_require_grad(models32):

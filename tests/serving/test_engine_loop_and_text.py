@@ -124,6 +124,29 @@ def test_a_step_that_raises_fails_its_requests_and_the_loop_goes_on(loop):
     assert loop.engine.blocks.num_free_blocks == loop.engine.blocks.num_blocks
 
 
+def test_a_request_whose_logits_are_nan_fails_alone_and_its_batch_goes_on(loop):
+    """One client's NaN (its prompt overflowing a half-precision model, say) fails its request
+    alone: the request beside it in the same steps gets the tokens it gets without it."""
+    want = engine().generate([request((9, 10))])[0].token_ids
+    original = loop.engine.runner.run
+
+    def run(plan):
+        logits = original(plan)
+        for row, group in enumerate(plan.groups):
+            if group.request_id == "poisoned" and len(group.generated) == 2:
+                logits[row, 0, 3] = float("nan")
+        return logits
+
+    loop.engine.runner.run = run
+    sinks = [Sink(), Sink()]
+    loop.submit([("poisoned", request(), sinks[0]), ("fine", request((9, 10)), sinks[1])])
+    failed, fine = (s.result() for s in sinks)
+    assert isinstance(failed, RuntimeError) and "logits contain NaN" in str(failed), failed
+    assert fine == want
+    assert loop.stats.request_errors == 1 and loop.stats.step_errors == 0
+    assert loop.engine.blocks.num_free_blocks == loop.engine.blocks.num_blocks
+
+
 def test_abort_frees_the_blocks(loop):
     gate, _ = gated(loop)
     sink = Sink()

@@ -246,6 +246,18 @@ BAD = [
     ({"prompt": "x " * 5000}, "prompt"),
     ({"max_tokens": 10**6}, "max_tokens"),
     ({"model": "gpt-4"}, "model"),
+    # numbers that would overflow the float32 scores, and ranges the engine would refuse later
+    ({"gamma": 1e308}, "gamma"),
+    ({"gamma": -1}, "gamma"),
+    ({"eta": -1}, "eta"),
+    ({"eta": 1.5}, "eta"),
+    ({"temperature": 1e-45}, "temperature"),
+    ({"temperature": 1e308}, "temperature"),
+    # JSON may escape half a surrogate pair, which no tokenizer encodes
+    ({"prompt": "half a pair \ud800"}, "prompt"),
+    ({"prompt": ["fine", "\udfff"]}, "prompt.1"),
+    ({"negatives": ["\ud800"]}, "negatives.0"),
+    ({"stop": "\ud800"}, "stop"),
 ]
 
 
@@ -294,6 +306,15 @@ def test_a_body_over_the_limit_is_a_413(server):
 def test_the_client_sees_a_400_as_bad_request(server):
     with pytest.raises(openai.BadRequestError, match="top_p"):
         server.client().completions.create(model=MODEL, prompt="", top_p=3.0)
+
+
+def test_chat_content_must_be_valid_unicode(server):
+    for content in ("\ud800", [{"type": "text", "text": "fine"}, {"type": "text", "text": "\udfff"}]):
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2}
+        response = httpx.post(f"{server.url}/v1/chat/completions", content=_json(body), headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "messages.0.content" and "lone surrogate" in error["message"], error
 
 
 def test_chat_needs_messages(server):

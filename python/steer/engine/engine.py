@@ -50,10 +50,11 @@ from steer.engine.model_runner import ModelRunner, expert_slots, slot_weights
 from steer.engine.models import per_example_kv_unsupported, runner_for
 from steer.engine.projection import adapted_weight_bytes
 from steer.engine.pool import NegativePool
-from steer.engine.scheduler import Scheduler, StepPlan, StepStats
+from steer.engine.scheduler import Scheduler, StepStats
 from steer.engine.sequence import Request, SampleGroup
 from steer.model_info import context_length, shared_vocabulary_size
 from steer.ops import dispatch, exempt_from_negatives, read_tokens, sample_deferred
+from steer.ops.errors import LogitsError
 
 DEFAULT_KV_CACHE_MEMORY = 512 * 2**20
 # merge_adapters="auto" merges up to this many bytes of adapted weights (see _should_merge).
@@ -72,13 +73,15 @@ class Result:
 @dataclass(frozen=True)
 class RequestOutput:
     """What one step did for one request: the token(s) it added, all its tokens so far, and
-    whether it is done ("eos", "length", or "abort")."""
+    whether it is done ("eos", "length", "abort", or "error": the sampler refused its logits,
+    ``error`` saying why)."""
 
     request_id: object
     new_token_ids: list[int]
     token_ids: list[int]
     finished: bool
     finish_reason: str | None = None
+    error: str | None = None
 
 
 class SteerEngine:
@@ -299,21 +302,30 @@ class SteerEngine:
         """Decode one token for every running request (prefilling the newly admitted ones); one
         RequestOutput per request that advanced. [] when there is nothing to do.
 
-        If the forward or the sampler raises, every request the engine holds is dropped with
-        its blocks (their KV may be half written: no block of theirs stays a cached prefix) and
-        the error propagates; later requests run normally."""
+        A request whose logits the sampler refuses (NaN, +inf, or no token with a finite score)
+        finishes alone, with finish_reason "error" and the sampler's message in ``error``; its
+        blocks are freed and none of them stays a cached prefix; the others go on. If the forward
+        or the sampler raises anything else, every request the engine holds is dropped with its
+        blocks (their KV may be half written: no block of theirs stays a cached prefix) and the
+        error propagates; later requests run normally."""
         if not self.scheduler.has_work:
             return []
         start, graphed = time.perf_counter(), self.runner.graph_forwards
         try:
             plan = self.scheduler.schedule()
             tokens_computed, rows, assembles = plan.size()
-            tokens = self._sample(plan, self.runner.run(plan))
+            drawn, tokens, refused = self._sample(plan.groups, self.runner.run(plan))
         except BaseException:
             for group in self.scheduler.release_all(computed=False):
                 self._groups.pop(group.request_id, None)
             raise
-        finished = set(map(id, self.scheduler.postprocess(plan, tokens)))
+        failed = {}
+        for row, error in refused:
+            group = plan.groups[row]
+            self.scheduler.fail(group)
+            self._groups.pop(group.request_id, None)
+            failed[id(group)] = str(error)
+        finished = set(map(id, self.scheduler.postprocess([plan.groups[r] for r in drawn], tokens)))
         # every stream computes at least one token: more tokens than rows means some stream prefilled
         kind = "prefill" if tokens_computed > rows or assembles else "graph" if self.runner.graph_forwards > graphed else "decode"
         self.step_stats.add(kind, time.perf_counter() - start, tokens_computed, rows)
@@ -321,14 +333,15 @@ class SteerEngine:
         for group in plan.groups:
             if id(group) in finished:
                 self._groups.pop(group.request_id, None)
-            outputs.append(self._output(group, id(group) in finished))
+            done = id(group) in finished or id(group) in failed
+            outputs.append(self._output(group, done, failed.get(id(group))))
         return outputs
 
     @staticmethod
-    def _output(group: SampleGroup, finished: bool) -> RequestOutput:
+    def _output(group: SampleGroup, finished: bool, error: str | None = None) -> RequestOutput:
         new = group.generated[group.num_emitted :]
         group.num_emitted = len(group.generated)
-        return RequestOutput(group.request_id, new, list(group.generated), finished, group.finish_reason if finished else None)
+        return RequestOutput(group.request_id, new, list(group.generated), finished, group.finish_reason if finished else None, error)
 
     # -- loops over step() -------------------------------------------------------------------------
 
@@ -346,7 +359,9 @@ class SteerEngine:
             for group in groups:
                 self._enqueue(group)
             while self.scheduler.has_work:
-                self.step()
+                for output in self.step():
+                    if output.error is not None:  # no partial result passes for a finished one
+                        raise ValueError(f"requests[{output.request_id[1]}]: {output.error}")
         finally:
             self._abort_all()
         return [Result(list(g.generated), g.finish_reason) for g in groups]
@@ -407,6 +422,8 @@ class SteerEngine:
                         continue
                     tokens, reason = output.token_ids, output.finish_reason
                     index = output.request_id[1]
+                    if output.error is not None:  # the samples yielded so far stand; this one has no end
+                        raise ValueError(f"sample {index}: {output.error}")
                     pool.add(tokens[:-1] if reason == "eos" else tokens)
                     yield Result(list(tokens), reason, tuple(drawn.pop(index)), default_seed + seed_offset + index)
         finally:  # also when the consumer stops early: GeneratorExit arrives at the yield
@@ -509,12 +526,33 @@ class SteerEngine:
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    def _sample(self, plan: StepPlan, logits: torch.Tensor) -> list[int]:
-        """One token per group of the plan, drawn by the fused sampler from the [G, K, V] logits;
-        one sampler call per distinct (temperature, top_k, top_p) of the plan's groups. Every
-        host-to-device copy here is asynchronous, and the sampler's errors are read with the tokens:
-        that one read-back is the step's one host synchronisation."""
-        groups = plan.groups
+    def _sample(self, groups: list[SampleGroup], logits: torch.Tensor) -> tuple[list[int], list[int], list[tuple[int, LogitsError]]]:
+        """One token per group, drawn by the fused sampler from the [G, K, V] logits: (the rows
+        drawn, their tokens, and (row, error) for each row the sampler refused).
+
+        A row's NaN, +inf or lack of any finite score comes from its own request's numbers (a
+        half-precision overflow on its prompt, say), so it fails that request alone: the rows
+        left are drawn again without it, and since a row's noise is keyed by its seed, key and
+        step, never by its place in the batch, they draw the tokens they would have drawn."""
+        weights, keys = self._prepare_rows(groups, logits)
+        rows: list[int] = list(range(len(groups)))
+        failed: list[tuple[int, LogitsError]] = []
+        while rows:
+            try:
+                if len(rows) == len(groups):
+                    return rows, self._draw_rows(groups, logits, weights, keys), failed
+                index = self._on_device(rows)
+                picked = [groups[r] for r in rows]
+                drawn = self._draw_rows(picked, logits.index_select(0, index), weights.index_select(0, torch.tensor(rows)), keys[:, index])
+                return rows, drawn, failed
+            except LogitsError as error:
+                failed.append((rows.pop(error.row), error))
+        return rows, [], failed
+
+    def _prepare_rows(self, groups: list[SampleGroup], logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every group's row needs before its draw, once per step: EOS banned before
+        min_new_tokens and exempted from the negatives (both in ``logits``, in place), and the
+        rows' weights (host) and noise keys (device)."""
         banned = [(g_index, g.request.eos_token_id) for g_index, g in enumerate(groups)
                   if g.request.eos_token_id is not None and len(g.generated) < g.request.min_new_tokens]  # fmt: skip
         if banned:  # no EOS before min_new_tokens
@@ -528,6 +566,12 @@ class SteerEngine:
         keys = self._on_device(
             [[g.seed for g in groups], [self._row_key(g) for g in groups], [len(g.generated) for g in groups]]
         )
+        return weights, keys
+
+    def _draw_rows(self, groups: list[SampleGroup], logits: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> list[int]:
+        """The groups' tokens from their prepared rows: one sampler call per distinct (temperature,
+        top_k, top_p). Every host-to-device copy here is asynchronous, and the sampler's errors
+        are read with the tokens: that one read-back is the step's one host synchronisation."""
         # The weights stay on the host: the sampler checks them there and moves them (no sync).
         by_sampling: dict = {}
         for g_index, group in enumerate(groups):

@@ -4,7 +4,7 @@ The scheduler owns the engine's block manager for the engine's lifetime. Each st
 
     plan = scheduler.schedule()          which groups run, and what each stream computes
     ... the model runner runs the plan, the sampler draws one token per group ...
-    finished = scheduler.postprocess(plan, tokens)
+    finished = scheduler.postprocess(plan.groups, tokens)
 
 ``schedule`` (1) makes room for the token every running group decodes next, taking a new KV
 block where a stream's last one is full, and preempts the most recently admitted group when
@@ -15,7 +15,8 @@ cache is refused when it is added, never left waiting forever.
 
 ``postprocess`` appends each group's token to its streams, marks their KV computed, and frees
 the blocks of the groups that finished. ``abort`` frees one group's blocks at once, whatever
-its state; ``release_all`` frees everything (a step that raised).
+its state; ``fail`` frees those of a running group whose logits could not be sampled (none of
+its blocks is left to the prefix cache); ``release_all`` frees everything (a step that raised).
 """
 
 from __future__ import annotations
@@ -147,6 +148,15 @@ class Scheduler:
         group.status = GroupStatus.FINISHED
         group.finish_reason = group.finish_reason or "abort"
 
+    def fail(self, group: SampleGroup) -> None:
+        """Stop a running group whose logits the sampler refused (NaN, +inf, nothing finite): its
+        blocks are free when this returns, and those only it held leave the prefix cache (their
+        KV may be what went wrong)."""
+        self._release(group, computed=False)
+        self.running.remove(group)
+        group.status = GroupStatus.FINISHED
+        group.finish_reason = "error"
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -162,11 +172,12 @@ class Scheduler:
             raise RuntimeError("the scheduler admitted nothing although work is waiting")  # add() forbids it
         return StepPlan(groups, len(prefilling))
 
-    def postprocess(self, plan: StepPlan, tokens: list[int]) -> list[SampleGroup]:
-        """After the forward and the sampler: every stream's KV is written up to its tokens so far;
-        append each group's token, free the finished groups; return them."""
+    def postprocess(self, groups: list[SampleGroup], tokens: list[int]) -> list[SampleGroup]:
+        """After the forward and the sampler, for the plan's groups that drew a token (all of
+        them unless some ``fail``-ed): every stream's KV is written up to its tokens so far; append
+        each group's token, free the finished groups; return them."""
         finished = []
-        for group, token in zip(plan.groups, tokens):
+        for group, token in zip(groups, tokens, strict=True):
             for stream in group.streams:
                 stream.num_computed = len(stream.tokens)
                 self._release_chunks(stream, computed=True)

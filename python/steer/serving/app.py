@@ -30,7 +30,7 @@ from steer.engine.sequence import Request as EngineRequest
 from steer.serving.engine_loop import Draining, EngineLoop, QueueFull
 from steer.serving.metrics import ServerMetrics
 from steer.serving.pools import Pool, Pools
-from steer.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
+from steer.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, validation_error
 from steer.serving.text import TextStream
 
 DISCONNECT_POLL_SECONDS = 0.5  # how soon a vanished client's requests are aborted
@@ -288,20 +288,28 @@ def _plan(state: ServerState, engine, body, prompts: list[list[int]], *, chat: b
                 examples = _fit(engine, examples, mode, max_tokens, len(prompt_ids), len(separator))
                 streams = frame_examples(examples, mode, prompt_ids, separator, separator)
             chunks = [example_chunks(examples, prompt_ids, separator, separator)] if streams and chunked else []
-            request = EngineRequest(
-                prompt_ids, streams, max_tokens, eos_token_id=None if body.ignore_eos else tokenizer.eos_token_id,
-                gamma=gamma, eta=eta, temperature=_setting(body, "temperature", config), top_k=top_k,
-                top_p=_setting(body, "top_p", config), seed=seed,
-                eos_exempt=False if body.ignore_eos else _setting(body, "eos_exempt", config),  # EOS is then an ordinary token
-                negative_chunks=chunks,
-            )  # fmt: skip
-            try:
+            try:  # the fields were checked one by one; here the engine checks them together
+                request = EngineRequest(
+                    prompt_ids, streams, max_tokens, eos_token_id=None if body.ignore_eos else tokenizer.eos_token_id,
+                    gamma=gamma, eta=eta, temperature=_setting(body, "temperature", config), top_k=top_k,
+                    top_p=_setting(body, "top_p", config), seed=seed,
+                    eos_exempt=False if body.ignore_eos else _setting(body, "eos_exempt", config),  # EOS is then an ordinary token
+                    negative_chunks=chunks,
+                )  # fmt: skip
                 engine.check_request(request)
             except ValueError as error:
-                raise APIError(400, str(error), param="prompt" if "prompt" in str(error) else None) from None
+                raise APIError(400, str(error), param=_named_field(str(error))) from None
             choices.append(Choice(len(choices), f"{uuid.uuid4().hex}-{len(choices)}", request, pool,
                                   TextStream(tokenizer, body.stop or [])))  # fmt: skip
     return choices
+
+
+def _named_field(message: str) -> str | None:
+    """The request field an engine's ValueError is about, from the name it starts with."""
+    first = message.split(" ", 1)[0].split("[", 1)[0].rstrip(":")
+    fields = {"prompt_ids": "prompt", "negative_ids": "negatives", "max_new_tokens": "max_tokens"}
+    known = set(SamplingFields.model_fields) | {"prompt"}
+    return fields.get(first, first if first in known else None)
 
 
 def _check_length(engine, prompt_ids: list[int], max_tokens: int) -> None:

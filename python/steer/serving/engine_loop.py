@@ -8,7 +8,8 @@ went away) is applied before the next step, and the request's KV blocks are free
 Backpressure: ``submit`` refuses (``QueueFull``, an HTTP 429) once ``max_waiting`` requests are
 waiting: submitted and not yet decoding (in this loop's queue or the scheduler's). After
 ``stop_admitting`` (SIGTERM) every submit is refused (``Draining``, a 503) while what runs
-finishes. A request the engine rejects (``add_request``'s ValueError) fails alone; a step that
+finishes. A request the engine rejects (``add_request``'s ValueError) fails alone, as does one
+whose logits its step could not sample from (``RequestOutput.error``: NaN, say); a step that
 raises fails every request it held (the engine has dropped them and freed their blocks) and the
 loop goes on with later requests.
 """
@@ -38,6 +39,7 @@ class LoopStats:
     kv_blocks_total: int = 0
     steps: int = 0
     step_errors: int = 0
+    request_errors: int = 0  # requests failed alone (RequestOutput.error)
     # per stream role, context tokens admitted and found cached (SteerEngine.prefix_cache_stats);
     # copies, replaced whole after each step, so a scrape never reads a dict being written
     context_tokens: dict = field(default_factory=dict)
@@ -144,7 +146,12 @@ class EngineLoop:
             sink = self._sinks.get(output.request_id)
             if output.finished:
                 self._sinks.pop(output.request_id, None)
-            if sink is not None:
+            if sink is None:
+                continue
+            if output.error is not None:  # this request alone: the sampler refused its logits
+                self.stats.request_errors += 1
+                sink.fail(RuntimeError(f"the model's logits for this request could not be sampled from: {output.error}"))
+            else:
                 sink.put(output)
 
     def _refresh_stats(self) -> None:

@@ -5,7 +5,7 @@ Gauges, read from the engine loop's stats at each scrape: ``steer_requests_runni
 ``steer_requests_waiting`` (engine requests: a completion with ``n`` choices is ``n`` of them),
 ``steer_kv_blocks_used`` and ``steer_kv_blocks_total``, ``steer_pool_examples{pool=...}``. Counters: ``steer_requests_total`` (HTTP
 completion requests answered, by endpoint and status code), ``steer_prompt_tokens_total``,
-``steer_generation_tokens_total``, ``steer_engine_step_errors_total``,
+``steer_generation_tokens_total``, ``steer_engine_step_errors_total``, ``steer_engine_request_errors_total``,
 ``steer_context_tokens_total{role=...}`` and ``steer_cached_context_tokens_total{role=...}`` (the
 prefix cache: context tokens admitted per stream role, prompt, base, negative and chunk, the
 per-example chunks of --per-example-kv, and how many were found cached). Histograms:
@@ -36,6 +36,8 @@ class _LoopCollector:
         yield GaugeMetricFamily("steer_kv_blocks_used", "paged KV blocks held by requests", value=stats.kv_blocks_used)
         yield GaugeMetricFamily("steer_kv_blocks_total", "paged KV blocks of the engine", value=stats.kv_blocks_total)
         yield CounterMetricFamily("steer_engine_step_errors", "engine steps that raised (their requests failed)", value=stats.step_errors)
+        yield CounterMetricFamily("steer_engine_request_errors", "engine requests failed alone: their logits could not be sampled from (NaN, +inf)",
+                                  value=stats.request_errors)  # fmt: skip
         for name, help_text, table in (
             ("steer_context_tokens", "context tokens of admitted streams, by stream role", stats.context_tokens),
             ("steer_cached_context_tokens", "of those, tokens found in the prefix cache", stats.cached_tokens),

@@ -15,7 +15,9 @@ import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+
+from steer.config import MAX_GAMMA, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_NEGATIVES = 64
@@ -38,10 +40,18 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+def _union_member(part) -> bool:
+    """Whether a pydantic error location part names the member of a union, not a field or an index
+    ("str", "list[int]", "function-after[_valid_unicode(), str]")."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "dict", "list"))
+
+
 def validation_error(errors: list[dict]) -> APIError:
-    """The 400 of a body that pydantic refused: the first problem, naming its field."""
-    first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    """The 400 of a body that pydantic refused: its most telling problem, naming the field."""
+    # our validators' messages say most; a union (prompt: str | list[str] | list[int]) lists one
+    # error per member it tried, and the member that the value's type selects raised the value_error
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
+    location = [str(part) for part in first.get("loc", ()) if part != "body" and not _union_member(part)]
     param = ".".join(location) or None
     kind = first.get("type", "")
     if kind == "extra_forbidden":
@@ -51,8 +61,23 @@ def validation_error(errors: list[dict]) -> APIError:
     elif kind == "json_invalid":
         message = "the body is not valid JSON"
     else:
-        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid body"))
+        text = str(first.get("msg", "invalid value")).removeprefix("Value error, ")  # pydantic's wrapping of our ValueErrors
+        message = f"{param}: {text}" if param else text
     return APIError(400, message, param=param, code="invalid_value")
+
+
+def _valid_unicode(value: str) -> str:
+    """JSON may escape half a surrogate pair ("\\ud800"), which no tokenizer can encode: refuse it here,
+    naming the field, rather than let the tokenizer raise mid-request."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"not valid Unicode: a lone surrogate (U+{ord(value[error.start]):04X}) at character {error.start}") from None
+    return value
+
+
+# Every string a client sends: a str (no coercion) of valid Unicode.
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 def _finite(name: str, value: float | None) -> float | None:
@@ -69,18 +94,18 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    model: StrictStr | None = None
+    model: Text | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
     top_p: Probability | None = None
     top_k: StrictInt | None = Field(default=None, ge=-1)  # -1 (vLLM's) or 0: off
     seed: StrictInt | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     n: StrictInt = Field(default=1, ge=1)
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: Text | list[Text] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     ignore_eos: StrictBool = False
-    user: StrictStr | None = None  # accepted and ignored, as OpenAI logs it
+    user: Text | None = None  # accepted and ignored, as OpenAI logs it
     # OpenAI fields steer does not implement: accepted at their no-op values only.
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -89,12 +114,12 @@ class SamplingFields(BaseModel):
     top_logprobs: StrictInt | None = None
     response_format: dict | None = None
     # STEER
-    gamma: float | None = None
-    eta: float | None = None
-    negatives: list[StrictStr] | None = None
+    gamma: float | None = Field(default=None, ge=0.0, le=MAX_GAMMA)
+    eta: float | None = Field(default=None, ge=0.0, le=1.0)
+    negatives: list[Text] | None = None
     num_negatives: StrictInt | None = Field(default=None, ge=0, le=MAX_NEGATIVES)
     negative_mode: Literal["concat", "separate"] | None = None
-    pool: StrictStr | None = None
+    pool: Text | None = None
     eos_exempt: StrictBool | None = None
     per_example_kv: StrictBool | None = None
 
@@ -102,6 +127,13 @@ class SamplingFields(BaseModel):
     @classmethod
     def _finite_numbers(cls, value, info):
         return _finite(info.field_name, value)
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_nearly_zero(cls, value):
+        if value is not None and 0.0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"a temperature in (0, {MIN_TEMPERATURE:g}) is greedy decoding in all but name and overflows the float32 scores: use 0")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -159,10 +191,10 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions: ``prompt`` is a string, a list of strings (one choice set each), or
     a list of token ids."""
 
-    prompt: StrictStr | list[StrictStr] | list[StrictInt]
+    prompt: Text | list[Text] | list[StrictInt]
     echo: StrictBool = False
     best_of: StrictInt | None = None
-    suffix: StrictStr | None = None
+    suffix: Text | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -193,8 +225,8 @@ class CompletionRequest(SamplingFields):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: StrictStr | list[dict]
-    name: StrictStr | None = None
+    content: Text | list[dict]
+    name: Text | None = None
 
     @field_validator("content")
     @classmethod
@@ -204,7 +236,7 @@ class ChatMessage(BaseModel):
             for part in value:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise ValueError("content parts must be {'type': 'text', 'text': ...}: steer serves text models")
-                texts.append(part["text"])
+                texts.append(_valid_unicode(part["text"]))
             return "".join(texts)
         return value
 
