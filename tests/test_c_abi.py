@@ -135,3 +135,25 @@ def test_steer_sample_through_ctypes_matches_the_reference(c_build):
         steer.sample(logits, weights, seed=seeds, row_keys=keys, step=2, vocab_size=4999, backend="cpp", **sampler),
         tokens,
     )
+
+
+@pytest.mark.parametrize("temperature", [1e-6, 1e-30, 2e4, float("inf"), float("nan"), -1.0])
+def test_steer_sample_refuses_a_temperature_the_float32_scores_cannot_take(c_build, temperature):
+    """The C ABI checks the temperature as steer.config does: 0 or in [1e-5, 1e4] (divided by
+    1e-45 the scores overflowed and every draw was token 0)."""
+    lib = load_library(c_build)
+    logits, weights = torch.randn(2, 2, 64), torch.tensor([1.2, -0.2])
+    seeds, keys, steps = torch.arange(2), torch.arange(2), torch.zeros(2, dtype=torch.int64)
+    tokens = torch.empty(2, dtype=torch.int64)
+    err_row, err_stream = ctypes.c_int64(0), ctypes.c_int64(0)
+
+    def draw(value: float) -> int:
+        return lib.steer_sample(
+            logits.data_ptr(), 0, *logits.shape, *logits.stride(), weights.data_ptr(), 0, 64, 0.0, value, 0, 1.0,
+            seeds.data_ptr(), keys.data_ptr(), steps.data_ptr(), tokens.data_ptr(), None, 1,
+            ctypes.byref(err_row), ctypes.byref(err_stream),
+        )  # fmt: skip
+
+    assert draw(temperature) == 4, lib.steer_error_string(draw(temperature))  # STEER_ERR_INVALID_ARGUMENT
+    for fine in (0.0, 1e-5, 0.7, 1e4):
+        assert draw(fine) == 0, (fine, lib.steer_error_string(draw(fine)))

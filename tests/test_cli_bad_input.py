@@ -103,6 +103,7 @@ def _bad_real_files(root: Path) -> dict[str, Path]:
         "utf16": ("utf16.txt", "hello\n".encode("utf-16")),
         "bad_json": ("bad.jsonl", b'{"text": "fine"}\n{"text": "unfinished\n'),
         "number_field": ("number.jsonl", b'{"text": "fine"}\n{"text": 5}\n'),
+        "half_pair": ("half-pair.jsonl", b'{"text": "fine"}\n{"text": "half a pair \\ud800"}\n'),
         "csv_no_column": ("real.csv", b"body,label\nhello world,1\nthe cat sat,2\n"),
         "few": ("few.txt", b"one text\ntwo texts\nthree texts\n"),
         "single": ("single.txt", b"one text alone\n"),
@@ -297,6 +298,10 @@ CASES = [
     gen("--real", "{bad_json}", message="line 2: not valid JSON", id="--real broken JSONL"),
     gen("--text-field", "body", message="line 1: no field 'body' (fields: label, text); choose one with --text-field", id="--text-field absent"),
     gen("--real", "{number_field}", message="line 2: field 'text' is a number, not a string", id="--real text not a string"),
+    gen("--real", "{half_pair}", message="line 2, field 'text': not valid Unicode: a lone surrogate (U+D800) at character 12",
+        id="--real JSON escapes half a surrogate pair"),
+    gen("--prompt", "caf\udce9", message="argument --prompt: not valid Unicode: a lone surrogate (U+DCE9) at character 3",
+        id="--prompt bytes not UTF-8"),
     gen("--real", "{csv_no_column}", message="no column 'text' (columns: body, label", id="--real CSV without the column"),
     gen("--real", "{folder}", message="not a file: ", id="--real a folder"),
     # --out

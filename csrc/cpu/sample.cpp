@@ -601,7 +601,7 @@ Status sample_cpu(const void* logits, DType dtype, int64_t B, int64_t K, int64_t
                   float* logprobs, int64_t* err_row, int64_t* err_stream, int num_threads) {
   if (B < 0 || K < 1 || V < 1 || vocab_size < 1 || vocab_size > V || vocab_size > int64_t(UINT32_MAX) ||
       stride_b < 0 || stride_k < 0 || stride_v < 0 || weight_stride_b < 0 || !(plausibility_alpha >= 0.0f) ||
-      !(plausibility_alpha < 1.0f) || !(temperature >= 0.0f) || std::isinf(temperature) || top_k < 0 ||
+      !(plausibility_alpha < 1.0f) || !temperature_ok(temperature) || top_k < 0 ||
       !(top_p > 0.0f) || !(top_p <= 1.0f)) {
     return STEER_ERR_INVALID_ARGUMENT;
   }

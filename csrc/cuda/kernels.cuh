@@ -1090,7 +1090,7 @@ inline bool sample_shape_ok(int64_t B, int64_t K, int64_t V, int64_t vocab_size)
 }
 
 inline bool sampler_ok(float temperature, int64_t top_k, float top_p, float alpha) {
-  return temperature >= 0.0f && temperature < INFINITY && top_k >= 0 && top_p > 0.0f && top_p <= 1.0f &&
+  return temperature_ok(temperature) && top_k >= 0 && top_p > 0.0f && top_p <= 1.0f &&
          alpha >= 0.0f && alpha < 1.0f;
 }
 

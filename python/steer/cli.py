@@ -56,11 +56,21 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _unicode_text(text: str) -> str:
+    """An argument that is text for a tokenizer: bytes that are not UTF-8 arrive as lone surrogates."""
+    from steer.text_checks import lone_surrogate_problem
+
+    problem = lone_surrogate_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}: the argument's bytes are not UTF-8 (check the shell's locale)")
+    return text
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models and data (none given: the bundled demo models and real examples)")
     group.add_argument("--expert", help="the fine-tuned model: a directory or a locally cached Hugging Face id; a PEFT adapter directory is taken as base + adapter")
     group.add_argument("--base", help="the model the expert was tuned from (default for an adapter: the base it names)")
-    group.add_argument("--prompt", default=None, help="the task prompt every sample starts from (default: empty, i.e. BOS)")
+    group.add_argument("--prompt", type=_unicode_text, default=None, help="the task prompt every sample starts from (default: empty, i.e. BOS)")
     group.add_argument("--real", type=Path, help="real examples: JSONL, a JSON array, CSV/TSV with a header, Parquet/Arrow, a datasets folder, or plain text with one example per line")
     group.add_argument("--text-field", default="text", help="the JSONL field or CSV/Parquet column holding the text (default: text)")
     group.add_argument("--allow-pickle", action="store_true", help="also load pickle weights (pytorch_model.bin, adapter_model.bin), with torch.load(weights_only=True); default: safetensors only")
@@ -390,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
     net.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0 picks a free one, announced on stdout)")
     net.add_argument("--api-key", default=os.environ.get("STEER_API_KEY"), help="require 'Authorization: Bearer KEY' on every route but /health (default: $STEER_API_KEY, else none)")
-    net.add_argument("--served-model-name", help="the model id of /v1/models and of the responses (default: the expert's directory name)")
+    net.add_argument("--served-model-name", type=_unicode_text, help="the model id of /v1/models and of the responses (default: the expert's directory name)")
     net.add_argument("--max-waiting", type=int, default=256, help="engine requests that may wait for a batch slot; more are answered 429 (default 256)")
     net.add_argument("--max-n", type=int, default=16, help="most choices (n x prompts) in one request (default 16)")
     net.add_argument("--max-pools", type=int, default=64, help="most named negative pools (default 64)")

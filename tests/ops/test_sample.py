@@ -158,6 +158,8 @@ def test_logprobs_are_those_of_the_sampled_distribution(backend, temperature):
     [
         ({"temperature": -0.5}, "temperature"),
         ({"temperature": math.inf}, "temperature"),
+        ({"temperature": 1e-45}, "use 0 for greedy decoding"),  # divided by it, the float32 scores overflow
+        ({"temperature": 1e308}, "temperature must be <= 10000"),
         ({"top_k": -1}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"seed": 1, "generator": torch.Generator()}, "either seed or generator"),

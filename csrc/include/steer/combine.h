@@ -52,6 +52,17 @@ enum class DType : int32_t {
 // finite so that -w * z never becomes +inf (and w * z never NaN).
 constexpr float NEG_INF_FLOOR = -1.0e4f;
 
+// The temperatures the samplers take besides 0 (greedy), as steer.config checks them in Python:
+// the scores are float32, and divided by a temperature near 0 they overflow (1e-45 drew garbage);
+// beyond the upper bound the draw is uniform over the kept tokens already.
+constexpr float kMinTemperature = 1.0e-5f;
+constexpr float kMaxTemperature = 1.0e4f;
+
+// Whether `temperature` is 0 or within [kMinTemperature, kMaxTemperature] (false for NaN).
+inline bool temperature_ok(float temperature) {
+  return temperature == 0.0f || (temperature >= kMinTemperature && temperature <= kMaxTemperature);
+}
+
 // CPU kernel (csrc/cpu/combine.cpp), OpenMP over rows and, when rows are few, vocabulary chunks.
 //
 //   logits   [B, K, V] of `dtype`, element strides (stride_b, stride_k, stride_v); fastest when

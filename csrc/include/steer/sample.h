@@ -36,7 +36,7 @@ namespace steer {
 //
 //   logits, dtype, B, K, V, strides, weights, weight_stride_b, vocab_size, plausibility_alpha:
 //            as for combine_cpu.
-//   temperature  finite, >= 0 (0 = greedy).
+//   temperature  0 (greedy) or in [kMinTemperature, kMaxTemperature] = [1e-5, 1e4].
 //   top_k        >= 0 (0 = off; >= vocab_size is off too).
 //   top_p        in (0, 1] (>= 1 = off).
 //   seeds, row_keys, steps  [B] int64 each: the Philox key of each row (seeds and row_keys used

@@ -35,7 +35,7 @@ size_t sample_cuda_workspace_bytes(int64_t B, int64_t vocab_size, float temperat
 //
 //   logits, dtype, B, K, V, stride_*, weights, weight_stride_b, vocab_size, plausibility_alpha:
 //            as for combine_cuda (weights float32, weight_stride_b = 0 shares one [K] vector).
-//   temperature  finite, >= 0 (0 = greedy);  top_k >= 0 (0 or >= vocab_size = off);
+//   temperature  0 (greedy) or in [1e-5, 1e4] (kMinTemperature, kMaxTemperature);  top_k >= 0 (0 or >= vocab_size = off);
 //   top_p        in (0, 1] (1 = off).
 //   seeds, row_keys, steps  int64 device arrays, element b at [b * *_stride] (stride 0 shares one).
 //   tokens   [B] int64 device out;  logprobs [B] float32 device out, or null.

@@ -89,7 +89,8 @@ STEER_API int steer_combine(const void* logits, int dtype, int64_t batch, int64_
 
 /* Draw one token per row. The arguments up to plausibility_alpha are those of steer_combine.
  *
- *   temperature   finite, >= 0; 0 is greedy (argmax of s, lowest id on ties).
+ *   temperature   0, greedy (argmax of s, lowest id on ties), or in [1e-5, 1e4]: the scores are
+ *                 float32, and near 0 they overflow when divided by it.
  *   top_k         >= 0; 0 (or >= vocab_size) is off. Ties with the k-th best are all kept.
  *   top_p         in (0, 1]; 1 is off.
  *   seeds, row_keys, steps  [batch] each: the noise of row b is keyed by (seeds[b], row_keys[b],

@@ -16,6 +16,8 @@ import io
 import json
 from pathlib import Path
 
+from steer.text_checks import lone_surrogate_problem
+
 
 class DataError(ValueError):
     """Bad input data or arguments: the message names the file, line or field at fault."""
@@ -176,6 +178,15 @@ def _record_text(path: Path, where: str, record, text_field: str) -> str:
     text = record[text_field]
     if not isinstance(text, str):
         raise DataError(f"{path}, {where}: field {text_field!r} is {_json_kind(text)}, not a string")
+    return _unicode_text(path, f"{where}, field {text_field!r}", text)
+
+
+def _unicode_text(path: Path, where: str, text: str) -> str:
+    """``text`` if it is valid Unicode: a JSON string may escape half a surrogate pair ("\\ud800"),
+    which no tokenizer encodes and no UTF-8 output file can hold."""
+    problem = lone_surrogate_problem(text)
+    if problem is not None:
+        raise DataError(f"{path}, {where}: {problem} (a JSON escape of half a surrogate pair)")
     return text
 
 
@@ -223,7 +234,7 @@ def _read_json_array(path: Path, text: str, text_field: str) -> list[str]:
     texts = []
     for index, element in enumerate(elements):
         if isinstance(element, str):
-            texts.append(element)
+            texts.append(_unicode_text(path, f"element {index}", element))
         elif isinstance(element, dict):
             texts.append(_record_text(path, f"element {index}", element, text_field))
         else:

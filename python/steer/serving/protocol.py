@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 from steer.config import MAX_GAMMA, MAX_TEMPERATURE, MIN_TEMPERATURE
+from steer.text_checks import lone_surrogate_problem
 
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_NEGATIVES = 64
@@ -67,12 +68,11 @@ def validation_error(errors: list[dict]) -> APIError:
 
 
 def _valid_unicode(value: str) -> str:
-    """JSON may escape half a surrogate pair ("\\ud800"), which no tokenizer can encode: refuse it here,
-    naming the field, rather than let the tokenizer raise mid-request."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"not valid Unicode: a lone surrogate (U+{ord(value[error.start]):04X}) at character {error.start}") from None
+    """JSON may escape half a surrogate pair, which no tokenizer can encode: refuse it here, naming
+    the field, rather than let the tokenizer raise mid-request."""
+    problem = lone_surrogate_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
