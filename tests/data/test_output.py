@@ -84,6 +84,14 @@ def test_texts_with_unicode_line_separators_survive_a_resume(tmp_path):
 # -- item 6: OS errors in one line; a full disk leaves a valid file; no empty file -----------------------
 
 
+def test_a_record_whose_text_escapes_half_a_surrogate_pair_is_refused_naming_its_line(tmp_path):
+    """steer writes decoded tokens, never half a pair: such a text was edited in, and joining the
+    pool it would fail in the tokenizer, so the resume stops before anything changes."""
+    data = b'{"id": 0, "text": "fine"}\n{"id": 1, "text": "half \\udfff"}\n'
+    with pytest.raises(DataError, match=r"x.jsonl, line 2: its text is not valid Unicode: a lone surrogate \(U\+DFFF\)"):
+        parse_jsonl_records(tmp_path / "x.jsonl", data)
+
+
 def test_a_full_disk_rolls_back_the_torn_record_and_the_file_resumes(models, tmp_path, monkeypatch, capsys):
     out = tmp_path / "d.jsonl"
     real_write, calls = os.write, {"n": 0}

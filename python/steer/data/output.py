@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from steer.data.io import DataError, import_pyarrow
+from steer.text_checks import lone_surrogate_problem
 
 RECORD_START = b'{"id": '  # json.dumps of a record whose first key is "id"
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -97,6 +98,9 @@ def _append_record(path: Path, number: int, line: bytes, records: list[dict], se
         raise DataError(f"{path}, line {number}: not a JSON record; this file was not written by steer generate (or was edited): fix or move it") from None
     if not _is_record(record):
         raise DataError(f"{path}, line {number}: not a steer sample record (steer's records have an int 'id' and a string 'text')")
+    problem = lone_surrogate_problem(record["text"])
+    if problem is not None:  # steer writes decoded tokens, never half a surrogate pair
+        raise DataError(f"{path}, line {number}: its text is {problem}; this file was edited: fix or move it")
     if record["id"] in seen:
         raise DataError(f"{path}, line {number}: repeats the id {record['id']} of line {seen[record['id']]}; two runs were joined into one file")
     seen[record["id"]] = number
