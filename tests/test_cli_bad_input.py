@@ -50,7 +50,7 @@ def _edit_json(path: Path, **changes) -> None:
 
 def _bad_models(root: Path, expert: Path, adapter: Path) -> dict[str, Path]:
     """Model directories that are wrong in one way each."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     bad = root / "bad-models"
     bad.mkdir()
@@ -72,11 +72,22 @@ def _bad_models(root: Path, expert: Path, adapter: Path) -> dict[str, Path]:
     (found["no_weights"] / "model.safetensors").unlink()
     found["corrupt_weights"] = _copy(expert, bad / "corrupt-weights")
     (found["corrupt_weights"] / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}   ")
+    found["stripped_weights"] = _copy(expert, bad / "stripped-weights")  # one tensor taken out
+    weights = load_file(found["stripped_weights"] / "model.safetensors")
+    del weights["model.layers.1.mlp.down_proj.weight"]
+    save_file(weights, found["stripped_weights"] / "model.safetensors", metadata={"format": "pt"})
+    found["more_layers"] = _copy(expert, bad / "more-layers")  # a config.json that is not the checkpoint's
+    _edit_json(found["more_layers"] / "config.json", num_hidden_layers=json.loads((expert / "config.json").read_text())["num_hidden_layers"] + 2)
     found["broken_tokenizer"] = _copy(expert, bad / "broken-tokenizer")
     (found["broken_tokenizer"] / "tokenizer.json").write_text("{this is not a tokenizer")
     found["no_tokenizer"] = _copy(expert, bad / "no-tokenizer")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (found["no_tokenizer"] / name).unlink(missing_ok=True)
+    found["adapter_stripped"] = _copy(adapter, bad / "adapter-stripped")  # a lora_A taken out
+    weights = load_file(found["adapter_stripped"] / "adapter_model.safetensors")
+    stripped = next(name for name in sorted(weights) if "lora_A" in name)
+    del weights[stripped]
+    save_file(weights, found["adapter_stripped"] / "adapter_model.safetensors", metadata={"format": "pt"})
     found["adapter_no_base"] = _copy(adapter, bad / "adapter-no-base")
     _edit_json(found["adapter_no_base"] / "adapter_config.json", base_model_name_or_path=None)
     found["adapter_gone_base"] = _copy(adapter, bad / "adapter-gone-base")
@@ -343,6 +354,12 @@ CASES = [
     gen(real=None, message="--expert needs --real", id="--expert without --real"),
     gen(base=None, message="gamma > 0 contrasts the expert with its base: give --base", id="gamma > 0, full expert, no base"),
     gen(expert="{corrupt_weights}", message="could not load the model", out="new_nested", loads=True, id="corrupt weights, new --out"),
+    gen(expert="{adapter_stripped}", message="the LoRA adapter's file lacks 1 of its tensors (base_model.model.model.layers.0.",
+        out="new_nested", loads=True, id="a lora_A missing from the adapter"),
+    gen(expert="{stripped_weights}", message="the weights lack 1 of the model's parameters (model.layers.1.mlp.down_proj.weight)",
+        out="new_nested", loads=True, id="a tensor missing from the weights"),
+    gen(expert="{more_layers}", message="transformers would fill them with random values", out="new_nested", loads=True,
+        id="config.json with more layers than the weights"),
     # argparse
     gen("--bogus", message="unrecognized arguments: --bogus", id="unknown option"),
     gen("--n", message="argument --n: expected one argument", id="--n without its value"),

@@ -264,6 +264,7 @@ def _quiet_loading():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # refused in our own words
         yield
 
 
@@ -272,12 +273,30 @@ def _load_causal_lm(option: str, directory: str, *, dtype: torch.dtype, allow_pi
 
     try:
         with _quiet_loading():
-            return AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, local_files_only=True, trust_remote_code=False,
-                use_safetensors=None if allow_pickle else True, weights_only=True,
-            ).eval()
+                use_safetensors=None if allow_pickle else True, weights_only=True, output_loading_info=True,
+            )  # fmt: skip
     except Exception as error:  # unknown architecture, corrupt or refused weights: one line, no traceback
         raise _load_failure("the model", option, directory, error) from None
+    _refuse_missing_weights(option, directory, info)
+    return model.eval()
+
+
+def _a_few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _refuse_missing_weights(option: str, directory: str, info: dict) -> None:
+    """transformers fills the parameters a checkpoint lacks with random values and only logs it:
+    a stripped tensor, or a config with more layers than the weights, would then generate noise
+    that looks like a run. Missing weights are refused, naming a few."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise DataError(
+            f"{option} {directory}: the weights lack {len(missing)} of the model's parameters ({_a_few(missing)}); "
+            "transformers would fill them with random values: is the checkpoint complete and its config.json the one it was saved with?"
+        )
 
 
 def _load_adapter(model, directory: str):
@@ -285,9 +304,36 @@ def _load_adapter(model, directory: str):
 
     try:
         with _quiet_loading():
-            return PeftModel.from_pretrained(model, directory, is_trainable=False).eval()
+            adapted = PeftModel.from_pretrained(model, directory, is_trainable=False).eval()
+            saved = _adapter_checkpoint_keys(Path(directory))
     except Exception as error:  # refused pickles (weights_only) and corrupt adapters alike
         raise _load_failure("the LoRA adapter", "--expert", directory, error) from None
+    _refuse_missing_adapter_weights(directory, adapted, saved)
+    return adapted
+
+
+def _adapter_checkpoint_keys(directory: Path) -> set[str]:
+    """The tensor names of the adapter file PEFT loaded (safetensors first, as PEFT looks)."""
+    from safetensors import safe_open
+
+    tensors = directory / "adapter_model.safetensors"
+    if tensors.is_file():
+        with safe_open(tensors, framework="pt") as handle:
+            return set(handle.keys())
+    return set(torch.load(directory / "adapter_model.bin", map_location="meta", weights_only=True))
+
+
+def _refuse_missing_adapter_weights(directory: str, adapted, saved: set[str]) -> None:
+    """PEFT initialises the adapter tensors its file lacks (lora_A at random) and only warns: the
+    expert would then be the base plus noise. Refused, naming a few."""
+    from peft.utils import get_peft_model_state_dict
+
+    missing = sorted(set(get_peft_model_state_dict(adapted)) - saved)
+    if missing:
+        raise DataError(
+            f"--expert {directory}: the LoRA adapter's file lacks {len(missing)} of its tensors ({_a_few(missing)}); "
+            "PEFT would initialise them at random: is adapter_model.safetensors complete and adapter_config.json its own?"
+        )
 
 
 def load_models(sources: ModelSources, *, dtype: torch.dtype):
