@@ -76,6 +76,10 @@ def _bad_models(root: Path, expert: Path, adapter: Path) -> dict[str, Path]:
     weights = load_file(found["stripped_weights"] / "model.safetensors")
     del weights["model.layers.1.mlp.down_proj.weight"]
     save_file(weights, found["stripped_weights"] / "model.safetensors", metadata={"format": "pt"})
+    found["nan_weights"] = _copy(expert, bad / "nan-weights")  # a row of its LM head NaN: every step's logits hold NaN
+    weights = load_file(found["nan_weights"] / "model.safetensors")
+    weights["lm_head.weight"][5] = float("nan")
+    save_file(weights, found["nan_weights"] / "model.safetensors", metadata={"format": "pt"})
     found["more_layers"] = _copy(expert, bad / "more-layers")  # a config.json that is not the checkpoint's
     _edit_json(found["more_layers"] / "config.json", num_hidden_layers=json.loads((expert / "config.json").read_text())["num_hidden_layers"] + 2)
     found["broken_tokenizer"] = _copy(expert, bad / "broken-tokenizer")
@@ -356,6 +360,8 @@ CASES = [
     gen(expert="{corrupt_weights}", message="could not load the model", out="new_nested", loads=True, id="corrupt weights, new --out"),
     gen(expert="{adapter_stripped}", message="the LoRA adapter's file lacks 1 of its tensors (base_model.model.model.layers.0.",
         out="new_nested", loads=True, id="a lora_A missing from the adapter"),
+    gen(expert="{nan_weights}", message="logits contain NaN (batch row 0, stream 0); NaN logits cannot be sampled from: the model's numbers went wrong",
+        out="new_nested", loads=True, id="NaN in the weights"),
     gen(expert="{stripped_weights}", message="the weights lack 1 of the model's parameters (model.layers.1.mlp.down_proj.weight)",
         out="new_nested", loads=True, id="a tensor missing from the weights"),
     gen(expert="{more_layers}", message="transformers would fill them with random values", out="new_nested", loads=True,

@@ -58,6 +58,8 @@ class DecodeWorker:
         from earlier calls) that it does not hold: a restarted actor lost them, and a call
         queued while Ray restarted it runs here rather than failing, so the driver learns of the
         loss from this answer."""
+        from steer.data.generate import finished_outputs
+
         engine = self.engine
         missing = [index for index in holding if index not in self.active]
         for index, request in items:
@@ -67,7 +69,7 @@ class DecodeWorker:
         for _ in range(max_steps):
             if not engine.has_unfinished_requests():
                 break
-            finished += [(o.request_id, o.token_ids, o.finish_reason) for o in engine.step() if o.finished]
+            finished += [(o.request_id, o.token_ids, o.finish_reason) for o in finished_outputs(engine)]
             if finished:
                 break
         self.active.difference_update(index for index, _, _ in finished)

@@ -619,6 +619,19 @@ class RoundRun:
         return text, example
 
 
+def finished_outputs(engine) -> list:
+    """The outputs of one engine step that finished. A sample whose logits the sampler refused
+    stops the run in one line (what was written before it stands, and --resume goes on)."""
+    done = [output for output in engine.step() if output.finished]
+    failed = next((output for output in done if output.error is not None), None)
+    if failed is not None:
+        raise DataError(
+            f"sample attempt {failed.request_id}: {failed.error}: the model's numbers went wrong (NaN or inf in its "
+            "weights, or an overflow in float16: try --dtype float32); the samples written so far are intact"
+        )
+    return done
+
+
 def _generate_in_rounds(engine, run: RoundRun, batch_size: int) -> None:
     """Decode a RoundRun's attempts on one engine's step API, up to ``batch_size`` at once: the
     records are the same whatever the schedule, and a resumed run writes what the killed one would
@@ -631,7 +644,7 @@ def _generate_in_rounds(engine, run: RoundRun, batch_size: int) -> None:
                 running[attempt.index] = attempt
             if not running:
                 raise RuntimeError("the round planner handed out nothing while the run is not done")  # a bug of ours
-            done = [output for output in engine.step() if output.finished]
+            done = finished_outputs(engine)
             run.prepare([(output.token_ids, output.finish_reason) for output in done])
             for output in done:
                 run.finished(running.pop(output.request_id), output.token_ids, output.finish_reason)

@@ -83,6 +83,14 @@ class RequestOutput:
     finish_reason: str | None = None
     error: str | None = None
 
+    def checked(self, what: str) -> RequestOutput:
+        """This output, or a ValueError naming ``what`` (the caller's name for the request) when
+        the sampler refused its logits: a loop that takes every finished output for a result must
+        not take a failed request's partial tokens for one."""
+        if self.error is not None:
+            raise ValueError(f"{what}: {self.error}")
+        return self
+
 
 class SteerEngine:
     """Batched STEER decoding of Hugging Face causal LMs: Llama 2 / 3.x, Mistral, Qwen2, Qwen3,
@@ -360,8 +368,7 @@ class SteerEngine:
                 self._enqueue(group)
             while self.scheduler.has_work:
                 for output in self.step():
-                    if output.error is not None:  # no partial result passes for a finished one
-                        raise ValueError(f"requests[{output.request_id[1]}]: {output.error}")
+                    output.checked(f"requests[{output.request_id[1]}]")
         finally:
             self._abort_all()
         return [Result(list(g.generated), g.finish_reason) for g in groups]
@@ -422,8 +429,7 @@ class SteerEngine:
                         continue
                     tokens, reason = output.token_ids, output.finish_reason
                     index = output.request_id[1]
-                    if output.error is not None:  # the samples yielded so far stand; this one has no end
-                        raise ValueError(f"sample {index}: {output.error}")
+                    output.checked(f"sample {index}")  # the samples yielded so far stand
                     pool.add(tokens[:-1] if reason == "eos" else tokens)
                     yield Result(list(tokens), reason, tuple(drawn.pop(index)), default_seed + seed_offset + index)
         finally:  # also when the consumer stops early: GeneratorExit arrives at the yield
