@@ -547,10 +547,8 @@ class SteerEngine:
             try:
                 if len(rows) == len(groups):
                     return rows, self._draw_rows(groups, logits, weights, keys), failed
-                index = self._on_device(rows)
-                picked = [groups[r] for r in rows]
-                drawn = self._draw_rows(picked, logits.index_select(0, index), weights.index_select(0, torch.tensor(rows)), keys[:, index])
-                return rows, drawn, failed
+                _, *prepared = self._rows_of(rows, logits, weights, keys)
+                return rows, self._draw_rows([groups[r] for r in rows], *prepared), failed
             except LogitsError as error:
                 failed.append((rows.pop(error.row), error))
         return rows, [], failed
@@ -588,12 +586,16 @@ class SteerEngine:
         tokens = torch.empty(len(groups), dtype=torch.long, device=self.device)
         recorded = []
         for sampling, rows in by_sampling.items():  # requests with different filters in one step
-            index = self._on_device(rows)
-            picked = weights.index_select(0, torch.tensor(rows))
-            drawn = self._draw(sampling, logits.index_select(0, index), picked, keys[:, index], rows=rows)
+            index, *prepared = self._rows_of(rows, logits, weights, keys)
+            drawn = self._draw(sampling, *prepared, rows=rows)
             tokens[index] = drawn.tokens
             recorded.append(drawn.errors)
         return read_tokens(tokens, recorded)
+
+    def _rows_of(self, rows: list[int], logits: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> tuple:
+        """(the rows' index on the device, and their logits, host weights and keys): a sub-batch."""
+        index = self._on_device(rows)
+        return index, logits.index_select(0, index), weights.index_select(0, torch.tensor(rows)), keys[:, index]
 
     def _on_device(self, values) -> torch.Tensor:
         """An int64 tensor of ``values`` on the engine's device, copied without waiting for it."""

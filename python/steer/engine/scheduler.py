@@ -140,22 +140,22 @@ class Scheduler:
     def abort(self, group: SampleGroup) -> None:
         """Stop a group now, running or waiting: its blocks are free when this returns (their KV
         was written by the steps that ran, so cached prefixes stay usable)."""
-        self._release(group)
-        if group in self.running:
-            self.running.remove(group)
-        elif group in self.waiting:
-            self.waiting.remove(group)
-        group.status = GroupStatus.FINISHED
-        group.finish_reason = group.finish_reason or "abort"
+        self._stop(group, computed=True, reason=group.finish_reason or "abort")
 
     def fail(self, group: SampleGroup) -> None:
         """Stop a running group whose logits the sampler refused (NaN, +inf, nothing finite): its
         blocks are free when this returns, and those only it held leave the prefix cache (their
         KV may be what went wrong)."""
-        self._release(group, computed=False)
-        self.running.remove(group)
+        self._stop(group, computed=False, reason="error")
+
+    def _stop(self, group: SampleGroup, *, computed: bool, reason: str) -> None:
+        self._release(group, computed=computed)
+        if group in self.running:
+            self.running.remove(group)
+        elif group in self.waiting:
+            self.waiting.remove(group)
         group.status = GroupStatus.FINISHED
-        group.finish_reason = "error"
+        group.finish_reason = reason
 
     @property
     def has_work(self) -> bool:
